@@ -1,0 +1,9 @@
+"""Test-wide JAX configuration (STYLE.md rule 14): 8 emulated CPU devices, float64 available,
+strict dtype promotion and rank promotion errors. Library code always names its dtypes."""
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
