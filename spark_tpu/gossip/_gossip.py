@@ -1,0 +1,139 @@
+"""Gossip under ``jax.shard_map``: the only module that calls collectives (DESIGN layer 5).
+
+Inside the sharded round each device holds L client slots. ``round_graph`` turns the plan's tables
+and this round's surviving links into neighbour indices and mixing weights; ``halo`` runs one
+``ppermute`` per device shift of the plan; ``mix`` and ``neighbors`` are then local gathers.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+AXIS = "clients"
+
+
+class RoundGraph(NamedTuple):
+    """This round's graph as seen by one device's L clients (K = max degree of the pool)."""
+
+    halo_index: Int[Array, "slots k"]
+    neighbor_client: Int[Array, "slots k"]
+    weight: Float[Array, "slots k"]
+    self_weight: Float[Array, "slots"]
+    alive: Bool[Array, "slots k"]
+    send: tuple[Int[Array, "rows"], ...]
+    shifts: tuple[int, ...]
+    num_devices: int
+
+
+def degrees(edges: Int[Array, "e 2"], alive: Bool[Array, " e"], num_clients: int) -> Array:
+    """Number of surviving links of every client (replicated computation, E is small)."""
+    ones = alive.astype(jnp.int32)
+    return (
+        jax.ops.segment_sum(ones, edges[:, 0], num_segments=num_clients)
+        + jax.ops.segment_sum(ones, edges[:, 1], num_segments=num_clients)
+    )
+
+
+def round_graph(
+    tables: dict[str, Array],
+    graph: Int[Array, ""],
+    edges: Int[Array, "e 2"],
+    edge_alive: Bool[Array, " e"],
+    weight_rule: str,
+    shifts: tuple[int, ...],
+    num_devices: int,
+    num_padded_clients: int,
+) -> RoundGraph:
+    """Selects graph ``graph`` of the pool and rebuilds its weights from the surviving links.
+
+    ``tables`` are this device's slices of ``GossipPlan.device_tables()`` (leading axis 1).
+    ``edge_alive`` marks links that exist in this graph and survived failures and dropouts; mixing
+    weights are rebuilt from them (SPEC 2), so W stays row-stochastic every round.
+    """
+    t = {k: v[0, graph] for k, v in tables.items()}
+    alive_ext = jnp.concatenate([edge_alive, jnp.zeros((1,), bool)])
+    alive = alive_ext[t["neighbor_edge"]]
+    deg = degrees(edges, edge_alive, num_padded_clients).astype(jnp.float32)
+    my_deg = jnp.sum(alive, axis=1).astype(jnp.float32)
+    if weight_rule == "uniform":
+        weight = jnp.where(alive, 1.0 / (1.0 + my_deg[:, None]), 0.0)
+        self_weight = 1.0 / (1.0 + my_deg)
+    elif weight_rule == "metropolis":
+        other = deg[t["neighbor_client"]]
+        weight = jnp.where(alive, 1.0 / (1.0 + jnp.maximum(my_deg[:, None], other)), 0.0)
+        self_weight = 1.0 - jnp.sum(weight, axis=1)
+    elif weight_rule == "fixed":
+        weight = jnp.where(alive, t["base_weight"], 0.0)
+        self_weight = t["base_self"] + jnp.sum(t["base_weight"] - weight, axis=1)
+    else:
+        raise ValueError(f"unknown weight rule {weight_rule!r}")
+    send = tuple(t[f"send_{i}"] for i in range(len(shifts)))
+    return RoundGraph(
+        halo_index=t["neighbor_halo"], neighbor_client=t["neighbor_client"],
+        weight=weight.astype(jnp.float32), self_weight=self_weight.astype(jnp.float32),
+        alive=alive, send=send, shifts=shifts, num_devices=num_devices,
+    )
+
+
+def halo(tree, rg: RoundGraph):
+    """Own rows followed by the rows received from every shift: leaves [L, ...] -> [H, ...]."""
+
+    def one(x):
+        parts = [x]
+        for shift, rows in zip(rg.shifts, rg.send):
+            perm = [(e, (e + shift) % rg.num_devices) for e in range(rg.num_devices)]
+            parts.append(jax.lax.ppermute(x[rows], AXIS, perm))
+        return jnp.concatenate(parts, axis=0)
+
+    return jax.tree.map(one, tree)
+
+
+def neighbors(tree, rg: RoundGraph):
+    """Every client's closed neighbourhood, self first: leaves [L, ...] -> [L, K + 1, ...].
+
+    Rows of absent or failed neighbours are the client's own row; use ``neighbor_mask``.
+    """
+    full = halo(tree, rg)
+    slots = jnp.arange(rg.halo_index.shape[0], dtype=rg.halo_index.dtype)
+    index = jnp.concatenate([slots[:, None], rg.halo_index], axis=1)
+    return jax.tree.map(lambda h: h[index], full)
+
+
+def neighbor_mask(rg: RoundGraph) -> Bool[Array, "slots k1"]:
+    """True for self and for every neighbour whose link is alive this round."""
+    return jnp.concatenate([jnp.ones_like(rg.alive[:, :1]), rg.alive], axis=1)
+
+
+def mix(tree, rg: RoundGraph):
+    """x_q ← W_qq x_q + Σ_r W_qr x_r for every local client, with ppermute-only communication."""
+    full = halo(tree, rg)
+
+    def one(x, h):
+        nb = h[rg.halo_index]  # [L, K, ...]
+        w = rg.weight.reshape(rg.weight.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
+        ws = rg.self_weight.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+        return ws * x + jnp.sum(w * nb, axis=1)
+
+    return jax.tree.map(one, tree, full)
+
+
+def client_sum(x):
+    """Sum over every client on every device (a server's aggregation; psum over the mesh)."""
+    return jax.tree.map(lambda v: jax.lax.psum(jnp.sum(v, axis=0), AXIS), x)
+
+
+def sample_links(
+    edges: Int[Array, "e 2"],
+    edge_valid: Bool[Array, " e"],
+    key: Array,
+    link_failure: float,
+    active: Bool[Array, " clients"],
+) -> Bool[Array, " e"]:
+    """Links that carry traffic this round: present, not failed (prob. ``link_failure``), and
+    between two clients that did not drop out. Replicated: every device draws the same links."""
+    up = jax.random.uniform(key, edge_valid.shape, dtype=jnp.float32) >= link_failure
+    return edge_valid & up & active[edges[:, 0]] & active[edges[:, 1]]

@@ -1,0 +1,131 @@
+"""A topology request turned into a pool of mixing matrices (SPEC section 2).
+
+A static topology is a pool of one. A time-varying topology (a fresh random graph every round) is a
+pool of ``pool_size`` graphs drawn once at start-up; the compiled round picks one per round with
+the round's key, which keeps every shape static. ``experiments/pool_size.py`` checks that the pool
+size does not change results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from . import _graphs, _mixing
+
+TOPOLOGIES = (
+    "ring", "star", "complete", "torus", "regular", "erdos_renyi", "exponential", "custom",
+)
+RANDOM_TOPOLOGIES = ("regular", "erdos_renyi", "ring_shuffled")
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """What graph to run on, as the launcher flags describe it.
+
+    Attributes:
+      name: one of ``TOPOLOGIES`` (``ring_shuffled`` is a ring over a random client order).
+      clients: number of clients Q.
+      degree: d for ``regular``.
+      mixing: 'uniform' or 'metropolis' weights.
+      time_varying: draw a fresh graph every round (random topologies only).
+      pool_size: how many graphs a time-varying topology pre-draws.
+      edge_probability: p for ``erdos_renyi``.
+      torus_shape: (rows, cols) for ``torus``; default the most square factorization.
+      path: file for ``custom`` (a 0/1 adjacency, or a row-stochastic mixing matrix).
+      seed: graph seed.
+    """
+
+    name: str = "regular"
+    clients: int = 300
+    degree: int = 5
+    mixing: str = "uniform"
+    time_varying: bool = True
+    pool_size: int = 64
+    edge_probability: float = 0.05
+    torus_shape: tuple[int, int] | None = None
+    path: str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.name not in TOPOLOGIES + ("ring_shuffled",):
+            raise ValueError(f"--topology={self.name}: choose one of {', '.join(TOPOLOGIES)}.")
+        if self.mixing not in _mixing.MIXING_RULES:
+            raise ValueError(f"--mixing={self.mixing}: choose one of {sorted(_mixing.MIXING_RULES)}.")
+        if self.time_varying and self.name not in RANDOM_TOPOLOGIES:
+            raise ValueError(
+                f"--time_varying with --topology={self.name}: only random topologies "
+                f"({', '.join(RANDOM_TOPOLOGIES[:2])}) can be redrawn every round; pass "
+                "--notime_varying."
+            )
+        if self.pool_size < 1:
+            raise ValueError(f"--graph_pool={self.pool_size}: must be ≥ 1.")
+        if self.name == "custom" and not self.path:
+            raise ValueError("--topology=custom needs --topology_file=PATH (.npy or text matrix).")
+
+    @property
+    def weight_rule(self) -> str:
+        """'uniform', 'metropolis', or 'fixed' (a user-given mixing matrix)."""
+        return self._custom_kind()[0]
+
+    def _custom_kind(self) -> tuple[str, np.ndarray | None]:
+        if self.name != "custom":
+            return self.mixing, None
+        matrix = _graphs.load_matrix(self.path, self.clients)
+        off = matrix - np.diag(np.diag(matrix))
+        if np.isin(matrix, (0.0, 1.0)).all() and np.allclose(off, off.T) and not np.diag(matrix).any():
+            return self.mixing, matrix.astype(bool)
+        _mixing.check_row_stochastic(matrix)
+        return "fixed", matrix
+
+    def adjacency(self, draw: int = 0) -> np.ndarray:
+        """The ``draw``-th graph of this topology (random graphs seeded by (seed, draw))."""
+        n, seed = self.clients, self.seed * 100_003 + draw
+        if self.name == "ring":
+            return _graphs.ring(n)
+        if self.name == "ring_shuffled":
+            order = np.random.default_rng(seed).permutation(n)
+            adj = _graphs.ring(n)
+            return adj[np.ix_(np.argsort(order), np.argsort(order))]
+        if self.name == "star":
+            return _graphs.star(n)
+        if self.name == "complete":
+            return _graphs.complete(n)
+        if self.name == "torus":
+            rows, cols = self.torus_shape or _graphs.default_torus_shape(n)
+            return _graphs.torus(rows, cols, n)
+        if self.name == "regular":
+            return _graphs.random_regular(n, self.degree, seed)
+        if self.name == "erdos_renyi":
+            return _graphs.erdos_renyi(n, self.edge_probability, seed)
+        if self.name == "exponential":
+            return _graphs.exponential(n)
+        _, matrix = self._custom_kind()
+        adj = matrix > 0
+        np.fill_diagonal(adj, False)
+        if not _graphs.is_connected(adj | adj.T):
+            raise ValueError(f"--topology_file={self.path}: the graph is not connected.")
+        return adj
+
+    def mixing_matrices(self) -> list[np.ndarray]:
+        """The pool of mixing matrices (float64), one per pre-drawn graph."""
+        count = self.pool_size if self.time_varying else 1
+        rule, matrix = self._custom_kind()
+        if rule == "fixed":
+            return [matrix]
+        return [_mixing.mixing_matrix(self.adjacency(i), rule) for i in range(count)]
+
+    def summary(self) -> dict:
+        """JSON-ready description, with the spectral gap of the (first) mixing matrix."""
+        w = self.mixing_matrices()[0]
+        degrees = ((w > 0).sum(axis=1) - 1).astype(int)
+        return {
+            "topology": self.name,
+            "mixing": self.weight_rule,
+            "time_varying": self.time_varying,
+            "pool_size": self.pool_size if self.time_varying else 1,
+            "degree_min": int(degrees.min()),
+            "degree_max": int(degrees.max()),
+            "spectral_gap": _mixing.spectral_gap(w),
+        }
