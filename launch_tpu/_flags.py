@@ -1,0 +1,113 @@
+"""The launcher's absl flags, and their translation into a simulator Config (parsed once)."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from spark_tpu.simulator import ALGORITHMS, Config
+
+_D = Config()
+
+flags.DEFINE_enum("mode", "train", ["train", "predict"], "train: simulate; predict: seed-002 "
+                  "learning-dynamics predictions for dgd/atc/cta on this setting.")
+flags.DEFINE_string("algorithm", _D.algorithm, f"One of {', '.join(ALGORITHMS)} (dpsgd = dgd).")
+flags.DEFINE_string("dataset", _D.dataset, "fashion_mnist, mnist, emnist, cifar10, two_moons, "
+                    "digits, or any tfds image-classification name.")
+flags.DEFINE_string("data_dir", None, "tfds/array_record cache (default $SPARK_TPU_DATA_DIR or "
+                    "~/.cache/spark_tpu/tfds); prepared automatically when missing.")
+flags.DEFINE_string("idx_dir", None, "Folder of MNIST-format IDX files for offline preparation.")
+flags.DEFINE_string("partition", _D.partition, "dirichlet, dirichlet_disjoint, iid or shards.")
+flags.DEFINE_float("alpha", _D.alpha, "Dirichlet concentration (smaller = more label skew).")
+flags.DEFINE_integer("shards_per_client", _D.shards_per_client, "Classes per client for shards.")
+flags.DEFINE_integer("clients", _D.clients, "Number of clients Q.")
+flags.DEFINE_integer("samples_per_client", _D.samples_per_client, "Samples per client.")
+flags.DEFINE_string("model", _D.model, "mlp (784-100-10), cnn or ntk_mlp.")
+flags.DEFINE_string("topology", _D.topology, "ring, star, complete, torus, regular, erdos_renyi, "
+                    "exponential or custom.")
+flags.DEFINE_integer("degree", _D.degree, "d for --topology=regular.")
+flags.DEFINE_string("mixing", _D.mixing, "uniform (1/(deg+1), NTK-DFL) or metropolis.")
+flags.DEFINE_bool("time_varying", _D.time_varying, "A fresh random graph every round.")
+flags.DEFINE_integer("graph_pool", _D.graph_pool, "Pre-drawn graphs for --time_varying.")
+flags.DEFINE_float("edge_probability", _D.edge_probability, "p for --topology=erdos_renyi.")
+flags.DEFINE_string("torus_shape", None, "ROWSxCOLS for --topology=torus (default: most square).")
+flags.DEFINE_string("topology_file", None, "0/1 adjacency or row-stochastic matrix (.npy/.txt).")
+flags.DEFINE_float("link_failure", 0.0, "Probability that a link fails in a round.")
+flags.DEFINE_float("client_dropout", 0.0, "Probability that a client sits out a round.")
+flags.DEFINE_integer("rounds", _D.rounds, "Communication rounds.")
+flags.DEFINE_float("lr", None, "Learning rate / NTK step size η0 (default: the reference value).")
+flags.DEFINE_float("lr_decay", _D.lr_decay, "NTK step-size decay: η_k = η0·exp(−decay·k).")
+flags.DEFINE_integer("batch_size", None, "Local minibatch size (default: reference value).")
+flags.DEFINE_integer("local_epochs", None, "Local epochs for dfedavg(m)/fedavg.")
+flags.DEFINE_float("momentum", None, "Local momentum for dfedavgm/fedavg.")
+flags.DEFINE_float("participation", _D.participation, "Fraction of clients sampled per round "
+                   "(fedavg, ntk_fl).")
+flags.DEFINE_list("horizons", [str(h) for h in _D.horizons], "NTK evolution horizons τ.")
+flags.DEFINE_string("solver", _D.solver, "Function-space solver: rk4 (accurate) or euler.")
+flags.DEFINE_string("loss", _D.loss, "ce or mse.")
+flags.DEFINE_integer("seed", _D.seed, "Root seed (data split, graphs, init, sampling).")
+flags.DEFINE_integer("devices", 0, "Devices to shard clients over; 0 = all accelerators, or 8 "
+                     "emulated CPU devices when there is no accelerator.")
+flags.DEFINE_integer("eval_every", _D.eval_every, "Rounds per compiled chunk / evaluation.")
+flags.DEFINE_integer("local_eval_samples", _D.local_eval_samples, "Test samples per local model.")
+flags.DEFINE_float("target_accuracy", _D.target_accuracy, "Report rounds/bytes to this accuracy.")
+flags.DEFINE_string("output_dir", "runs/latest", "Where metrics, summary, plots and checkpoints go.")
+flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --output_dir.")
+flags.DEFINE_integer("checkpoint_every", 0, "Save every K rounds (0: only at the end).")
+flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints to keep.")
+flags.DEFINE_string("spark_stages", "", "SPARK stage schedule (see README).")
+flags.DEFINE_multi_string("spark", [], "SPARK option KEY=VALUE (repeatable; see README).")
+flags.DEFINE_bool("small", False, "Shrink any preset to a seconds-to-minutes demo.")
+
+FLAGS = flags.FLAGS
+
+SMALL = dict(clients=32, samples_per_client=100, rounds=5, graph_pool=8, local_eval_samples=500)
+
+
+def _torus(text):
+    if not text:
+        return None
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--torus_shape={text}: write ROWSxCOLS, e.g. 15x20.") from None
+    return rows, cols
+
+
+def _horizons(values):
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise ValueError(f"--horizons={','.join(values)}: give integers, e.g. 100,200,400.") from None
+
+
+def _spark_options(values):
+    out = []
+    for item in values:
+        if "=" not in item:
+            raise ValueError(f"--spark={item}: write KEY=VALUE, e.g. --spark=momentum=0.9.")
+        out.append(tuple(item.split("=", 1)))
+    return tuple(out)
+
+
+def config_from_flags(devices: int) -> Config:
+    """Every flag into one validated Config (raises ValueError naming the bad flag)."""
+    f = FLAGS
+    cfg = Config(
+        algorithm=f.algorithm, dataset=f.dataset, data_dir=f.data_dir, idx_dir=f.idx_dir,
+        partition=f.partition, alpha=f.alpha, shards_per_client=f.shards_per_client,
+        clients=f.clients, samples_per_client=f.samples_per_client, model=f.model,
+        topology=f.topology, degree=f.degree, mixing=f.mixing, time_varying=f.time_varying,
+        graph_pool=f.graph_pool, edge_probability=f.edge_probability,
+        torus_shape=_torus(f.torus_shape), topology_file=f.topology_file,
+        link_failure=f.link_failure, client_dropout=f.client_dropout, rounds=f.rounds, lr=f.lr,
+        lr_decay=f.lr_decay, batch_size=f.batch_size, local_epochs=f.local_epochs,
+        momentum=f.momentum, participation=f.participation, horizons=_horizons(f.horizons),
+        solver=f.solver, loss=f.loss, seed=f.seed, devices=devices, eval_every=f.eval_every,
+        local_eval_samples=f.local_eval_samples, target_accuracy=f.target_accuracy,
+        checkpoint_every=f.checkpoint_every, keep_checkpoints=f.keep_checkpoints,
+        spark_stages=f.spark_stages, spark_options=_spark_options(f.spark),
+    )
+    if f.small:
+        small = {k: min(v, getattr(cfg, k)) for k, v in SMALL.items()}
+        cfg = cfg.replace(**small)
+    return cfg

@@ -1,0 +1,114 @@
+"""NTK-DFL (SPEC 5): average, pool the neighbourhood's data, evolve in function space.
+
+One round for client q: w̄_q = Σ_j W_qj w_j; every neighbour j returns its Jacobian at w̄_q on its
+data with labels and logits; q runs the NTK evolution step (SPEC 3) from w̄_q on the pooled data
+S_q. Inside the simulator q receives its neighbours' inputs and labels instead of Jacobians (the
+result is identical: the kernel and the VJP are computed at w̄_q either way); bytes are counted for
+the protocol (weights both ways, Jacobians, labels, logits).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from spark_tpu import gossip, ntk
+
+from ._base import (
+    BYTES_PER_FLOAT, BYTES_PER_LABEL, Algorithm, Model, ParamsState, RoundContext, alive_degree,
+    num_params,
+)
+
+
+class Pooled(NamedTuple):
+    """A neighbourhood's pooled data, client-stacked: x [L, Ñ, ...], y [L, Ñ], mask [L, Ñ]."""
+
+    x: Any
+    y: Any
+    mask: Any
+
+
+def pool_neighbourhood(ctx: RoundContext, extra=None):
+    """Gathers every client's closed neighbourhood's data (and optional per-sample ``extra``
+    rows, e.g. teacher logits) into pooled arrays; dead links and padding are masked."""
+    d = ctx.data
+    nb = gossip.neighbors((d.x, d.y, d.mask, extra), ctx.graph)
+    keep = gossip.neighbor_mask(ctx.graph)[:, :, None] & nb[2]
+
+    def flat(a):
+        return a.reshape((a.shape[0], a.shape[1] * a.shape[2]) + a.shape[3:])
+
+    pooled = Pooled(flat(nb[0]), flat(nb[1]), flat(keep))
+    return pooled, (None if extra is None else flat(nb[3]))
+
+
+def ntk_dfl_bytes(ctx: RoundContext, params_one, num_classes: int, models_per_edge: int = 2):
+    """Protocol bytes each client sends (SPEC 5, 10): to every live neighbour its model (and the
+    averaged model w̄), plus, for every neighbour it serves, the Jacobian of its own data at that
+    neighbour's w̄ (n·C·P floats), its labels (n) and its logits (n·C)."""
+    p = num_params(params_one)
+    n = jnp.sum(ctx.data.mask, axis=1).astype(jnp.float32)
+    per_neighbour = models_per_edge * p * BYTES_PER_FLOAT + n * (
+        num_classes * (p + 1) * BYTES_PER_FLOAT + BYTES_PER_LABEL
+    )
+    return alive_degree(ctx) * per_neighbour
+
+
+def map_clients(fn: Callable, xs, client_batch: int):
+    """vmap over all local clients (client_batch=0) or lax.map in batches (bounded memory, and
+    a kernel that stays in cache on CPU)."""
+    if client_batch <= 0:
+        return jax.vmap(fn)(*xs)
+    return jax.lax.map(lambda a: fn(*a), xs, batch_size=client_batch)
+
+
+def evolve_clients(
+    model: Model, start, pooled: Pooled, objectives, *, eta, num_classes, horizons, solver,
+    client_batch,
+):
+    """The NTK evolution step (SPEC 3) for every local client from ``start`` on its pooled data.
+
+    ``objectives(y_onehot, mask, i) -> ntk.Objective`` builds client i's objective.
+    """
+
+    def one(p, x, y, mask, i):
+        obj = objectives(jax.nn.one_hot(y, num_classes, dtype=x.dtype), mask, i)
+        net = eqx.combine(p, model.static)
+        new, info = ntk.ntk_evolution_step(
+            net, x, obj, mask, eta=eta, horizons=horizons, solver=solver
+        )
+        return eqx.partition(new, eqx.is_array)[0], info
+
+    index = jnp.arange(pooled.mask.shape[0], dtype=jnp.int32)
+    return map_clients(one, (start, pooled.x, pooled.y, pooled.mask, index), client_batch)
+
+
+def ntk_dfl(
+    model: Model, *, num_classes: int, eta0: float = 0.01, lr_decay: float = 0.07,
+    horizons=(100, 200, 400, 600, 800), solver: str = "rk4", loss: str = "ce",
+    client_batch: int = 0,
+) -> Algorithm:
+    """NTK-DFL (Thompson et al., ICML 2025; SPEC 5) with η_k = η0·exp(−decay·k)."""
+    schedule = ntk.lr_schedule(eta0, lr_decay)
+    make_objective = ntk.cross_entropy if loss == "ce" else ntk.mse
+
+    def round_(state: ParamsState, ctx: RoundContext):
+        averaged = gossip.mix(state.params, ctx.graph)
+        pooled, _ = pool_neighbourhood(ctx)
+        new, info = evolve_clients(
+            model, averaged, pooled, lambda y, m, i: make_objective(y, m),
+            eta=schedule(ctx.round), num_classes=num_classes, horizons=tuple(horizons),
+            solver=solver, client_batch=client_batch,
+        )
+        one = jax.tree.map(lambda p: p[0], state.params)
+        metrics = {
+            "train_loss": info.initial_loss,
+            "tau": info.tau,
+            "bytes_sent": ntk_dfl_bytes(ctx, one, num_classes),
+        }
+        return ParamsState(new), metrics
+
+    return Algorithm(init=ParamsState, round=round_)

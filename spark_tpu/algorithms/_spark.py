@@ -1,0 +1,114 @@
+"""SPARK (seed 000; SPEC 6): NTK-DFL + Nesterov momentum + a stage-wise annealed soft-label
+regularizer on the neighbourhood's pooled data. Every choice the abstract leaves open is a named
+option; defaults are set by ``experiments/spark_ablation.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from spark_tpu import gossip, ntk
+
+from ._base import BYTES_PER_FLOAT, Algorithm, Model, RoundContext, alive_degree, num_params
+from ._ntk_dfl import evolve_clients, map_clients, ntk_dfl_bytes, pool_neighbourhood
+from ._stages import parse_stages
+
+DEFAULT_STAGES = "0: lam=0, mu=0; 5: lam=0.5->0.1@cos, T=2, mu=0.9"
+OPTIONS = {
+    "momentum": ("nesterov", "heavy_ball"),
+    "buffer": ("local", "gossip"),
+    "teacher": ("averaged", "neighbor"),
+}
+DEFAULT_OPTIONS = {"momentum": "nesterov", "buffer": "local", "teacher": "averaged"}
+
+
+class SparkState(NamedTuple):
+    """Per-client model and momentum buffer v_q (zero at start)."""
+
+    params: Any
+    velocity: Any
+
+
+def resolve_options(options: dict) -> dict:
+    """Defaults overridden by --spark KEY=VALUE, validated."""
+    out = dict(DEFAULT_OPTIONS)
+    for key, value in options.items():
+        if key not in OPTIONS:
+            raise ValueError(f"--spark={key}={value}: unknown option; choose from {sorted(OPTIONS)}.")
+        if value not in OPTIONS[key]:
+            raise ValueError(f"--spark={key}={value}: choose one of {', '.join(OPTIONS[key])}.")
+        out[key] = value
+    return out
+
+
+def _teacher_logits(model: Model, averaged, pooled, ctx, teacher: str, client_batch: int):
+    if teacher == "averaged":  # g = f(X_Sq; w̄_q)
+        return map_clients(model.apply, (averaged, pooled.x), client_batch)
+    own = map_clients(model.apply, (averaged, ctx.data.x), client_batch)
+    return pool_neighbourhood(ctx, extra=own)[1]  # each neighbour's own model on its own data
+
+
+def spark(
+    model: Model, *, num_classes: int, stages: str = "", rounds: int, options: dict | None = None,
+    eta0: float = 0.01, lr_decay: float = 0.07, horizons=(100, 200, 400, 600, 800),
+    solver: str = "rk4", loss: str = "ce", client_batch: int = 0,
+) -> Algorithm:
+    """SPARK. Per round k, with (λ, T, μ) from the stage schedule at k:
+
+    w̄_q = Σ_j W_qj w_j;  u_q = w̄_q + μ v_q (Nesterov; heavy-ball: u_q = w̄_q);
+    the NTK step (SPEC 3) from u_q on S_q with residual (1−λ)(softmax(f)−Y) + λT(softmax(f/T) −
+    softmax(g/T)), g the teacher's logits, τ* chosen on the same regularized loss;
+    w_q = u_q + Δ_q (heavy-ball: + μ v_q);  v_q = w_q − w̄_q.
+    """
+    del loss  # SPARK's regularizer is defined for cross-entropy.
+    schedule = parse_stages(stages or DEFAULT_STAGES, rounds)
+    opts = resolve_options(options or {})
+    eta = ntk.lr_schedule(eta0, lr_decay)
+
+    def round_(state: SparkState, ctx: RoundContext):
+        hp = schedule(ctx.round)
+        averaged = gossip.mix(state.params, ctx.graph)
+        buf = gossip.mix(state.velocity, ctx.graph) if opts["buffer"] == "gossip" else state.velocity
+        nesterov = opts["momentum"] == "nesterov"
+        start = jax.tree.map(lambda a, v: a + hp["mu"] * v, averaged, buf) if nesterov else averaged
+        pooled, _ = pool_neighbourhood(ctx)
+        g = _teacher_logits(model, averaged, pooled, ctx, opts["teacher"], client_batch)
+
+        def objective(y, mask, i):
+            return ntk.soft_label_regularized(
+                y, g[i], mask, weight=hp["lam"], temperature=hp["T"]
+            )
+
+        new, info = evolve_clients(
+            model, start, pooled, objective, eta=eta(ctx.round), num_classes=num_classes,
+            horizons=tuple(horizons), solver=solver, client_batch=client_batch,
+        )
+        if not nesterov:
+            new = jax.tree.map(lambda w, v: w + hp["mu"] * v, new, buf)
+        velocity = jax.tree.map(jnp.subtract, new, averaged)
+        metrics = {
+            "train_loss": info.initial_loss, "tau": info.tau, "lam": hp["lam"] + 0 * info.tau,
+            "mu": hp["mu"] + 0 * info.tau,
+            "bytes_sent": _bytes(ctx, state.params, num_classes, hp, opts),
+        }
+        return SparkState(new, velocity), metrics
+
+    return Algorithm(init=lambda p: SparkState(p, jax.tree.map(jnp.zeros_like, p)), round=round_)
+
+
+def _bytes(ctx: RoundContext, params, num_classes: int, hp, opts):
+    one = jax.tree.map(lambda p: p[0], params)
+    base = ntk_dfl_bytes(ctx, one, num_classes)
+    deg = alive_degree(ctx)
+    n = jnp.sum(ctx.data.mask, axis=1).astype(jnp.float32)
+    logits = deg * n * num_classes * BYTES_PER_FLOAT
+    # Teacher logits at w̄ cost extra only when the Jacobians are taken elsewhere (μ > 0) or the
+    # teacher is each neighbour's own model.
+    needs = (hp["lam"] > 0) & ((hp["mu"] > 0) | (opts["teacher"] == "neighbor"))
+    extra = jnp.where(needs, logits, 0.0)
+    if opts["buffer"] == "gossip":
+        extra = extra + deg * num_params(one) * BYTES_PER_FLOAT
+    return base + extra

@@ -1,0 +1,10 @@
+"""Build, place, compile and run simulations (DESIGN layer 8)."""
+
+from ._build import REFERENCE as REFERENCE
+from ._build import hyperparameters as hyperparameters
+from ._config import ALGORITHMS as ALGORITHMS
+from ._config import Config as Config
+from ._outputs import read_metrics as read_metrics
+from ._run import DivergenceError as DivergenceError
+from ._run import Simulation as Simulation
+from ._run import run as run

@@ -1,0 +1,126 @@
+"""Plug-ins by name (STYLE rule 12): a Config becomes data, model, topology and algorithm."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from spark_tpu import algorithms, data, models, topology
+
+from ._config import Config
+
+# Reference hyperparameters (SPEC 5 and 7) used when a flag is left unset.
+REFERENCE = {
+    "dgd": dict(lr=0.1, batch_size=10),
+    "atc": dict(lr=0.1, batch_size=10),
+    "cta": dict(lr=0.1, batch_size=10),
+    "dfedavg": dict(lr=0.1, batch_size=25, local_epochs=20, momentum=0.0),
+    "dfedavgm": dict(lr=0.01, batch_size=50, local_epochs=20, momentum=0.9),
+    "fedavg": dict(lr=0.1, batch_size=25, local_epochs=20, momentum=0.0),
+    "centralized": dict(lr=0.1, batch_size=10),
+    "ntk_dfl": dict(lr=0.01),
+    "spark": dict(lr=0.01),
+    "ntk_fl": dict(lr=0.01),
+}
+
+
+def hyperparameters(cfg: Config) -> dict[str, Any]:
+    """The reference values for the algorithm, overridden by every flag the user set."""
+    hp = dict(REFERENCE[cfg.algorithm])
+    for name in ("lr", "batch_size", "local_epochs", "momentum"):
+        if getattr(cfg, name) is not None:
+            hp[name] = getattr(cfg, name)
+    if hp.get("batch_size", 1) < 1:
+        raise ValueError(f"--batch_size={hp['batch_size']}: must be ≥ 1.")
+    return hp
+
+
+def make_algorithm(cfg: Config, model: algorithms.Model, num_classes: int) -> algorithms.Algorithm:
+    """The algorithm named by --algorithm with its hyperparameters closed over."""
+    hp = hyperparameters(cfg)
+    a = cfg.algorithm
+    if a in ("dgd", "atc", "cta"):
+        return algorithms.consensus(model, lr=hp["lr"], batch_size=hp["batch_size"], order=a)
+    if a in ("dfedavg", "dfedavgm"):
+        return algorithms.dfedavg(model, **hp)
+    if a == "fedavg":
+        return algorithms.fedavg(
+            model, num_clients=cfg.clients, participation=cfg.participation, **hp
+        )
+    if a == "centralized":
+        return algorithms.centralized(model, num_clients=cfg.clients, **hp)
+    ntk_options = dict(
+        num_classes=num_classes, eta0=hp["lr"], lr_decay=cfg.lr_decay, horizons=cfg.horizons,
+        solver=cfg.solver, loss=cfg.loss, client_batch=cfg.client_batch,
+    )
+    if a == "ntk_dfl":
+        return algorithms.ntk_dfl(model, **ntk_options)
+    if a == "spark":
+        return algorithms.spark(
+            model, stages=cfg.spark_stages, rounds=cfg.rounds, options=dict(cfg.spark_options),
+            **ntk_options,
+        )
+    raise ValueError(f"--algorithm={a} is not available yet.")
+
+
+def make_topology(cfg: Config) -> topology.Topology:
+    name = "complete" if cfg.algorithm in ("fedavg", "centralized", "ntk_fl") else cfg.topology
+    return topology.Topology(
+        name=name, clients=cfg.clients, degree=cfg.degree, mixing=cfg.mixing,
+        time_varying=cfg.time_varying and name in ("regular", "erdos_renyi"),
+        pool_size=cfg.graph_pool, edge_probability=cfg.edge_probability,
+        torus_shape=cfg.torus_shape, path=cfg.topology_file, seed=cfg.seed,
+    )
+
+
+@dataclasses.dataclass
+class Setup:
+    """Host-side pieces of a run, before placement on the mesh."""
+
+    cfg: Config
+    dataset: Any
+    arrays: Any  # data.ClientArrays padded to the device count
+    partition_summary: dict
+    topology_summary: dict
+    plan: topology.GossipPlan
+    params: Any
+    model: algorithms.Model
+    algorithm: algorithms.Algorithm
+
+
+def build(cfg: Config, devices: int) -> Setup:
+    """Loads data, partitions it, draws the graphs and builds the model and algorithm."""
+    ds = data.load_dataset(cfg.dataset, data_dir=cfg.data_dir, idx_dir=cfg.idx_dir)
+    part = data.partition(
+        ds.train_y, cfg.clients, method=cfg.partition, alpha=cfg.alpha,
+        samples_per_client=cfg.samples_per_client, shards_per_client=cfg.shards_per_client,
+        seed=cfg.seed,
+    )
+    arrays = data.pad_clients(data.federated_arrays(ds, part), devices)
+    topo = make_topology(cfg)
+    plan = topology.build_plan(topo.mixing_matrices(), devices, topo.weight_rule)
+    net = models.make_model(cfg.model, ds.input_shape, ds.num_classes, key=jax.random.key(cfg.seed))
+    params, model = algorithms.split_model(net)
+    return Setup(
+        cfg=cfg, dataset=ds, arrays=arrays,
+        partition_summary=data.partition_summary(part, ds.train_y, ds.num_classes),
+        topology_summary=topo.summary(), plan=plan, params=params, model=model,
+        algorithm=make_algorithm(cfg, model, ds.num_classes),
+    )
+
+
+def test_arrays(ds, local_samples: int, devices: int):
+    """Normalized test data: the first ``local_samples`` for local models, all (padded to the
+    device count, with a mask) for the aggregated model."""
+    x = data.normalize(ds.test_x, ds)
+    y = np.asarray(ds.test_y, np.int32)
+    n = len(y)
+    pad = (-n) % devices
+    full_x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+    full_y = np.concatenate([y, np.zeros(pad, np.int32)])
+    mask = np.arange(n + pad) < n
+    k = min(local_samples, n)
+    return x[:k], y[:k], full_x, full_y, mask

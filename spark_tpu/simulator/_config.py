@@ -1,0 +1,120 @@
+"""The run configuration: every launcher flag as one frozen dataclass, validated at construction.
+
+Error messages name the flag, the value and what would work (STYLE rule 10).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+ALGORITHMS = (
+    "dgd", "atc", "cta", "dfedavg", "dfedavgm", "fedavg", "centralized", "ntk_fl", "ntk_dfl",
+    "spark",
+)
+ALIASES = {"dpsgd": "dgd", "d-psgd": "dgd"}
+PARTITIONS = ("dirichlet", "dirichlet_disjoint", "iid", "shards")
+MODELS = ("mlp", "cnn", "ntk_mlp")
+LOSSES = ("ce", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One simulation. Defaults reproduce the NTK-DFL reference setting (SPEC 5)."""
+
+    algorithm: str = "ntk_dfl"
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    idx_dir: str | None = None
+    partition: str = "dirichlet"
+    alpha: float = 0.1
+    shards_per_client: int = 2
+    clients: int = 300
+    samples_per_client: int = 200
+    model: str = "mlp"
+    topology: str = "regular"
+    degree: int = 5
+    mixing: str = "uniform"
+    time_varying: bool = True
+    graph_pool: int = 64
+    edge_probability: float = 0.05
+    torus_shape: tuple[int, int] | None = None
+    topology_file: str | None = None
+    link_failure: float = 0.0
+    client_dropout: float = 0.0
+    rounds: int = 30
+    lr: float | None = None  # None: the algorithm's reference value
+    lr_decay: float = 0.07
+    batch_size: int | None = None
+    local_epochs: int | None = None
+    momentum: float | None = None
+    participation: float = 0.07
+    horizons: tuple[int, ...] = (100, 200, 400, 600, 800)
+    solver: str = "rk4"
+    client_batch: int = 0  # NTK: 0 = vmap all local clients; k = lax.map in batches of k
+    loss: str = "ce"
+    seed: int = 0
+    devices: int = 8
+    eval_every: int = 1
+    local_eval_samples: int = 2000
+    target_accuracy: float = 0.85
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    spark_stages: str = ""
+    spark_options: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self):
+        algo = ALIASES.get(self.algorithm, self.algorithm)
+        object.__setattr__(self, "algorithm", algo)
+        _choice("--algorithm", algo, ALGORITHMS + tuple(ALIASES))
+        _choice("--partition", self.partition, PARTITIONS)
+        _choice("--model", self.model, MODELS)
+        _choice("--loss", self.loss, LOSSES)
+        _positive("--clients", self.clients, minimum=2)
+        _positive("--samples_per_client", self.samples_per_client)
+        _positive("--rounds", self.rounds)
+        _positive("--devices", self.devices)
+        _positive("--eval_every", self.eval_every)
+        _positive("--local_eval_samples", self.local_eval_samples)
+        _probability("--link_failure", self.link_failure, allow_one=False)
+        _probability("--client_dropout", self.client_dropout, allow_one=False)
+        _probability("--participation", self.participation, allow_zero=False, allow_one=True)
+        if self.alpha <= 0:
+            raise ValueError(f"--alpha={self.alpha}: the Dirichlet concentration must be > 0.")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"--lr={self.lr}: the learning rate must be > 0.")
+        if self.lr_decay < 0:
+            raise ValueError(f"--lr_decay={self.lr_decay}: must be ≥ 0 (0 disables decay).")
+        if not self.horizons or any(h < 1 for h in self.horizons) or list(self.horizons) != sorted(
+            set(self.horizons)
+        ):
+            raise ValueError(
+                f"--horizons={','.join(map(str, self.horizons))}: give increasing positive integers, "
+                "e.g. 100,200,400,600,800."
+            )
+        if not 0.0 < self.target_accuracy <= 1.0:
+            raise ValueError(f"--target_accuracy={self.target_accuracy}: must be in (0, 1].")
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _choice(flag: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{flag}={value}: choose one of {', '.join(allowed)}.")
+
+
+def _positive(flag: str, value: int, minimum: int = 1) -> None:
+    if value < minimum:
+        raise ValueError(f"{flag}={value}: must be ≥ {minimum}.")
+
+
+def _probability(flag, value, allow_zero=True, allow_one=False) -> None:
+    low_ok = value >= 0 if allow_zero else value > 0
+    high_ok = value <= 1 if allow_one else value < 1
+    if not (low_ok and high_ok):
+        lo = "[0" if allow_zero else "(0"
+        hi = "1]" if allow_one else "1)"
+        raise ValueError(f"{flag}={value}: must be a probability in {lo}, {hi}.")

@@ -1,0 +1,221 @@
+"""The one simulator loop (DESIGN layer 8): place, compile chunks, evaluate, log, save."""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from spark_tpu import gossip
+
+from . import _build, _engine, _outputs
+from ._config import Config
+
+
+class DivergenceError(RuntimeError):
+    """A client's state became NaN or Inf."""
+
+
+DIVERGED = (
+    "Round {round}: client {client} has a non-finite model (NaN or Inf). The run stopped; the last "
+    "good checkpoint (if any) is kept in {workdir}. Lower --lr or check the data."
+)
+
+
+def make_mesh(devices: int):
+    available = jax.devices()
+    if devices > len(available):
+        raise ValueError(
+            f"--devices={devices}: only {len(available)} {available[0].platform} device(s) are "
+            "visible. On CPU the launcher emulates --devices before JAX starts; in Python call "
+            "jax.config.update('jax_num_cpu_devices', N) first."
+        )
+    return jax.make_mesh((devices,), (gossip.AXIS,), devices=available[:devices])
+
+
+class Simulation:
+    """A configured run: the placed state and inputs, and the compiled chunks."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.mesh = make_mesh(cfg.devices)
+        s = self.setup = _build.build(cfg, cfg.devices)
+        q_pad = s.plan.slots * s.plan.num_devices
+        a = s.arrays
+        place = lambda t, spec: _engine.place(t, self.mesh, spec)  # noqa: E731
+        tables = s.plan.device_tables()
+        self.inputs = _engine.Inputs(
+            data=place(_engine.ClientData(a.x, a.y, a.mask), _engine.C),
+            client_ids=place(np.arange(q_pad, dtype=np.int32), _engine.C),
+            tables=place(tables, _engine.C),
+            edges=place(s.plan.edges, _engine.R),
+            edge_valid=place(s.plan.edge_valid, _engine.R),
+            real=place(np.arange(q_pad) < cfg.clients, _engine.R),
+            root_key=place(jax.random.key(cfg.seed), _engine.R),
+        )
+        self.real = self.inputs.real
+        lx, ly, fx, fy, fm = _build.test_arrays(s.dataset, cfg.local_eval_samples, cfg.devices)
+        self.test = _engine.TestSet(
+            place(lx, _engine.R), place(ly, _engine.R), place(fx, _engine.C), place(fy, _engine.C),
+            place(fm, _engine.C),
+        )
+        stacked = _engine.stack_clients(s.params, q_pad)
+        self.state = place(s.algorithm.init(stacked), _engine.C)
+        self.round = place(jnp.asarray(0, jnp.int32), _engine.R)
+        self.faults = _engine.Faults(cfg.link_failure, cfg.client_dropout)
+        self._chunks = {}
+        self._evaluate = _engine.make_evaluate(s.model, self.mesh, cfg.clients)
+        self.compile_seconds = 0.0
+
+    def chunk(self, length: int):
+        """The compiled program for ``length`` rounds (compiled once per distinct length)."""
+        if length not in self._chunks:
+            t = time.perf_counter()
+            fn = _engine.make_chunk(
+                self.setup.algorithm, self.setup.plan, self.mesh, self.faults, length
+            )
+            self._chunks[length] = fn.lower(self.state, self.round, self.inputs).compile()
+            self.compile_seconds += time.perf_counter() - t
+        return self._chunks[length]
+
+    def advance(self, length: int) -> dict[str, np.ndarray]:
+        """Runs ``length`` rounds; returns per-round, per-client metrics on the host."""
+        fn = self.chunk(length)
+        with jax.transfer_guard_host_to_device("disallow"):
+            self.state, self.round, metrics = fn(self.state, self.round, self.inputs)
+        return jax.tree.map(np.asarray, metrics)
+
+    def evaluate(self) -> tuple[np.ndarray, float, float]:
+        local, agg, dist = self._evaluate(
+            self.state.params, self.inputs.client_ids, self.real, self.test
+        )
+        return np.asarray(local)[: self.cfg.clients], float(agg), float(dist)
+
+
+def _round_rows(metrics, start: int, clients: int, seconds: float, bytes_so_far: float):
+    rows = []
+    length = metrics["train_loss"].shape[0]
+    for i in range(length):
+        m = {k: v[i, :clients] for k, v in metrics.items()}
+        sent = float(np.sum(m["bytes_sent"]))
+        bytes_so_far += sent
+        loss = m["train_loss"][m["active"]]
+        row = {
+            "round": start + i + 1,
+            "train_loss": float(np.nanmean(loss)) if np.isfinite(loss).any() else math.nan,
+            "bytes_per_client": sent / clients,
+            "bytes_total": bytes_so_far,
+            "seconds": seconds / length,
+        }
+        for k, v in m.items():
+            if k not in ("train_loss", "bytes_sent", "active", "finite"):
+                row[k] = float(np.mean(v[m["active"]])) if m["active"].any() else math.nan
+        rows.append(row)
+    return rows, bytes_so_far
+
+
+def _check_finite(metrics, start: int, clients: int, workdir: str):
+    finite = metrics["finite"][:, :clients]
+    if not finite.all():
+        i, client = np.argwhere(~finite)[0]
+        raise DivergenceError(DIVERGED.format(round=start + i + 1, client=client, workdir=workdir))
+
+
+def run(cfg: Config, workdir: str, *, progress: bool = True, hooks=None) -> dict:
+    """Runs ``cfg`` and writes metrics.csv, summary.json and plots to ``workdir``.
+
+    Args:
+      cfg: the run.
+      workdir: output directory (created).
+      progress: show a progress bar with the current accuracy.
+      hooks: optional object with ``start(sim, rows) -> (rows)`` and ``after_chunk(sim, rows)``
+        (used by checkpointing).
+
+    Returns:
+      The summary dict also written to summary.json.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    t_setup = time.perf_counter()
+    sim = Simulation(cfg)
+    setup_seconds = time.perf_counter() - t_setup
+    rows: list[dict] = []
+    if hooks is not None:
+        rows = hooks.start(sim, rows)
+    done = len(rows)
+    bytes_so_far = rows[-1]["bytes_total"] if rows else 0.0
+    taus = collections.Counter()
+    bar = _progress(cfg, done) if progress else None
+    t_run = time.perf_counter()
+    while done < cfg.rounds:
+        length = min(cfg.eval_every, cfg.rounds - done)
+        sim.chunk(length)
+        t = time.perf_counter()
+        metrics = sim.advance(length)
+        seconds = time.perf_counter() - t
+        _check_finite(metrics, done, cfg.clients, workdir)
+        if "tau" in metrics:
+            taus.update(metrics["tau"][:, : cfg.clients][metrics["active"][:, : cfg.clients]].tolist())
+        new, bytes_so_far = _round_rows(metrics, done, cfg.clients, seconds, bytes_so_far)
+        local, agg, dist = sim.evaluate()
+        new[-1].update(mean_local_acc=float(local.mean()), aggregated_acc=agg, consensus_distance=dist)
+        rows += new
+        done += length
+        if hooks is not None:
+            hooks.after_chunk(sim, rows)
+        if bar is not None:
+            bar.update(length)
+            bar.set_postfix(agg=f"{agg:.3f}", local=f"{local.mean():.3f}")
+        logging.info("round %d: aggregated %.4f, mean local %.4f", done, agg, local.mean())
+    if bar is not None:
+        bar.close()
+    run_seconds = time.perf_counter() - t_run
+    return _finish(cfg, sim, rows, workdir, taus, setup_seconds, run_seconds)
+
+
+def _progress(cfg: Config, done: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.rounds, initial=done, desc=cfg.algorithm, unit="round")
+
+
+def _first_reaching(rows, target: float):
+    for r in rows:
+        if r.get("aggregated_acc", 0) >= target:
+            return int(r["round"]), r["bytes_total"]
+    return None, None
+
+
+def _finish(cfg, sim, rows, workdir, taus, setup_seconds, run_seconds) -> dict:
+    extra = tuple(k for k in rows[-1] if k not in _outputs.COLUMNS)
+    _outputs.write_metrics(os.path.join(workdir, "metrics.csv"), rows, extra)
+    r_target, b_target = _first_reaching(rows, cfg.target_accuracy)
+    last = rows[-1]
+    summary = {
+        "config": cfg.to_dict(),
+        "hyperparameters": _build.hyperparameters(cfg),
+        "partition": sim.setup.partition_summary,
+        "topology": sim.setup.topology_summary,
+        "devices": f"{cfg.devices} x {jax.devices()[0].device_kind}",
+        "final": {k: last.get(k) for k in _outputs.COLUMNS if k != "seconds"},
+        "best_aggregated_acc": max(r.get("aggregated_acc", 0) or 0 for r in rows),
+        "target_accuracy": cfg.target_accuracy,
+        "rounds_to_target": r_target,
+        "bytes_to_target": b_target,
+        "horizon_histogram": {str(k): v for k, v in sorted(taus.items())},
+        "compile_seconds": sim.compile_seconds,
+        "setup_seconds": setup_seconds,
+        "run_seconds": run_seconds,
+        "seconds_per_round": float(np.mean([r["seconds"] for r in rows])),
+    }
+    _outputs.write_json(os.path.join(workdir, "summary.json"), summary)
+    _outputs.plot_accuracy(
+        os.path.join(workdir, "accuracy.png"), rows,
+        f"{cfg.algorithm} on {cfg.dataset}, {cfg.clients} clients, {cfg.partition} α={cfg.alpha}",
+    )
+    return summary
