@@ -1,0 +1,26 @@
+# The README's two commands: `make demo` (set up, then the main job) and `make test`.
+PYTHON ?= python3
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data demo test bench
+
+setup:
+	$(PYTHON) -m pip install -q -e ".[test]"
+
+# Offline Fashion-MNIST: Debian's IDX files, prepared once into the tfds array_record cache.
+data:
+	@[ -d $(FMNIST) ] || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+	  || echo "Could not install dataset-fashion-mnist; tfds will try to download instead."
+	$(PYTHON) -m spark_tpu.data.prepare --dataset=fashion_mnist
+
+demo: setup data
+	$(PYTHON) -m launch_tpu.main --flagfile=experiments/presets/quickstart.flags \
+	  --output_dir=runs/quickstart
+
+test: setup
+	@[ -d $(FMNIST) ] || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+	  || echo "dataset-fashion-mnist unavailable: the real-data tests will be skipped."
+	$(PYTHON) -m pytest -n 2 --dist loadfile -q
+
+bench: setup data
+	$(PYTHON) -m experiments.bench all --small
