@@ -12,7 +12,7 @@ from ._base import Model, cross_entropy
 def _order(key, mask):
     """A random order of the samples with the valid ones first."""
     u = jax.random.uniform(key, mask.shape, dtype=jnp.float32)
-    return jnp.argsort(jnp.where(mask, u, 2.0))
+    return jnp.argsort(jnp.where(mask, u, 2.0)).astype(jnp.int32)
 
 
 def loss_and_grad(model: Model, params, x, y, mask):

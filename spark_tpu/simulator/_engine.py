@@ -121,10 +121,11 @@ def make_evaluate(model: Model, mesh, num_clients: int):
         dist = gossip.client_sum(w * sum(jax.tree.leaves(dist))) / num_clients
 
         def acc(p, x, y):
-            return jnp.mean((jnp.argmax(model.apply(p, x), axis=1) == y).astype(jnp.float32))
+            return jnp.mean((jnp.argmax(model.apply(p, x), axis=1).astype(y.dtype) == y).astype(jnp.float32))
 
         local = jax.vmap(acc, in_axes=(0, None, None))(params, test.local_x, test.local_y)
-        hits = (jnp.argmax(model.apply(mean, test.full_x), axis=1) == test.full_y) & test.full_mask
+        pred = jnp.argmax(model.apply(mean, test.full_x), axis=1).astype(test.full_y.dtype)
+        hits = (pred == test.full_y) & test.full_mask
         correct = jax.lax.psum(jnp.sum(hits.astype(jnp.float32)), gossip.AXIS)
         total = jax.lax.psum(jnp.sum(test.full_mask.astype(jnp.float32)), gossip.AXIS)
         return local, correct / total, dist
