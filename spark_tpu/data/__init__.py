@@ -1,5 +1,18 @@
-"""Datasets, partitions and per-client arrays (SPEC section 9; DESIGN layer 2)."""
+"""Datasets, partitions and per-client arrays (SPEC section 9; DESIGN layer 2).
 
+``python -m spark_tpu.data.prepare --dataset=fashion_mnist --data_dir=DIR`` builds a dataset's
+array_record cache once; `load_dataset` reads it with `tfds.data_source` (no TensorFlow).
+"""
+
+from ._dataset import REFERENCE_STATS as REFERENCE_STATS
+from ._dataset import Dataset as Dataset
+from ._dataset import channel_stats as channel_stats
+from ._dataset import normalize as normalize
 from ._errors import CorruptDataError as CorruptDataError
 from ._errors import DatasetNotFoundError as DatasetNotFoundError
 from ._idx import read_idx as read_idx
+from ._load import load_dataset as load_dataset
+from ._prepare import default_data_dir as default_data_dir
+from ._prepare import prepare_dataset as prepare_dataset
+from ._sklearn import sklearn_digits as sklearn_digits
+from ._sklearn import two_moons as two_moons
