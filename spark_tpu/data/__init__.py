@@ -12,7 +12,14 @@ from ._errors import CorruptDataError as CorruptDataError
 from ._errors import DatasetNotFoundError as DatasetNotFoundError
 from ._idx import read_idx as read_idx
 from ._load import load_dataset as load_dataset
+from ._partition import PARTITIONERS as PARTITIONERS
+from ._partition import Partition as Partition
+from ._partition import partition as partition
 from ._prepare import default_data_dir as default_data_dir
 from ._prepare import prepare_dataset as prepare_dataset
 from ._sklearn import sklearn_digits as sklearn_digits
 from ._sklearn import two_moons as two_moons
+from ._summary import client_class_counts as client_class_counts
+from ._summary import format_partition_summary as format_partition_summary
+from ._summary import label_entropy as label_entropy
+from ._summary import partition_summary as partition_summary
