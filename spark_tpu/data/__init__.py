@@ -10,6 +10,9 @@ from ._dataset import channel_stats as channel_stats
 from ._dataset import normalize as normalize
 from ._errors import CorruptDataError as CorruptDataError
 from ._errors import DatasetNotFoundError as DatasetNotFoundError
+from ._federated import ClientArrays as ClientArrays
+from ._federated import federated_arrays as federated_arrays
+from ._federated import pad_clients as pad_clients
 from ._idx import read_idx as read_idx
 from ._load import load_dataset as load_dataset
 from ._partition import PARTITIONERS as PARTITIONERS
