@@ -43,7 +43,7 @@ def closed_form_from_residual(
         return jnp.matmul(evecs, coeff[:, None] * coords, precision=_PRECISION)
 
     sums = jax.vmap(back)(sum_coeff)
-    logits = f0 + jax.vmap(back)(decay) - u0
+    logits = jax.vmap(back)(decay) + (f0 - u0)[None]
     final = logits[horizons.index(max(horizons))]
     return FunctionSpaceSolution(residual_sums=sums, logits=logits, final_logits=final)
 

@@ -7,17 +7,21 @@ For every horizon τ the solver returns the left Riemann sum ``r_τ = Σ_{t<τ} 
 sum is snapshotted at the horizons, so memory is O(#horizons · N · C) whatever max(T) is.
 
 Methods are explicit Runge–Kutta tableaux run by one engine (STYLE rule 7), with `substeps` equal
-steps per grid interval:
+steps per grid interval and a short warm-up of finer steps:
 
 - ``"euler"``: one kernel product per grid step; exactly discrete gradient descent of the
-  linearized model with step η (the kernel flow's forward Euler).
+  linearized model with step η (the kernel flow's forward Euler). No warm-up by default.
 - ``"rk4"`` (default): classical 4th order, 4 products per substep. At the paper's stiffness
-  (η·λ_max(K)/Ñ ≈ 3.6, damped by the softmax Jacobian whose eigenvalues are ≤ 1/2) one substep per
-  grid interval is stable and matches a DOP853 reference to about 1e-5 of the displacement.
-- ``"midpoint"``, ``"bosh3"``, ``"dopri5"``: 2nd, 3rd and (fixed-step) 5th order.
+  (η·λ_max(K)/Ñ ≈ 3.6, damped by the softmax Jacobian, whose eigenvalues are ≤ 1/2) one substep
+  per grid interval is stable. Almost all of its error comes from the stiff transient of the
+  first few grid intervals, so those (`warmup_steps` = 8) take 4 substeps: on Fashion-MNIST and
+  digits MLP kernels it then matches DOP853 (rtol 1e-10) to ≤ 2e-6 of the displacement, at 3%
+  more products than plain RK4 (without the warm-up: up to 6e-4).
+- ``"midpoint"``, ``"bosh3"``, ``"dopri5"``: 2nd, 3rd and (fixed-step) 5th order. ``"bosh3"``
+  with the warm-up reaches about 5e-5 at 3 products per step.
 
-For a linear residual (MSE) the effective stiffness is not halved: use ``substeps >= 2`` with
-``"rk4"`` there, or the exact `evolve_mse_closed_form`.
+For a linear residual (MSE) the softmax damping is absent, so the effective stiffness is the full
+η·λ_max/Ñ: use ``substeps >= 2`` with ``"rk4"`` there, or the exact `evolve_mse_closed_form`.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ TABLEAUX: dict[str, Tableau] = {
     ),
 }
 
+DEFAULT_WARMUP_STEPS = 8
 _UNKNOWN_SOLVER = "Unknown solver {name!r}; choose one of {choices} (or 'mse_closed_form')."
 
 
@@ -93,19 +98,48 @@ def check_horizons(horizons: Sequence[int]) -> tuple[int, ...]:
     return out
 
 
-def _rk_step(rhs, f, k1, h, tableau: Tableau):
-    """One explicit RK step from `f` with first stage `k1` already evaluated."""
+def _rk_step(rhs, g, k1, h, tableau: Tableau):
+    """One explicit RK step from `g` with its first stage `k1` already evaluated."""
     ks = [k1]
     for row in tableau.a[1:]:
-        y = f
+        y = g
         for coeff, k in zip(row, ks):
             if coeff != 0.0:
                 y = y + (h * coeff) * k
         ks.append(rhs(y))
     for coeff, k in zip(tableau.b, ks):
         if coeff != 0.0:
-            f = f + (h * coeff) * k
-    return f
+            g = g + (h * coeff) * k
+    return g
+
+
+def _scan_grid(carry, first, count, substeps, *, rhs, kernel_product, residual_t, h, tableau, stops):
+    """Grid steps ``first .. first+count-1``, each `substeps` RK steps; snapshots at `stops`."""
+
+    def grid_step(carry, t):
+        g, running, sums, snaps = carry
+        res = residual_t(g)
+        running = running + res
+        g = _rk_step(rhs, g, kernel_product(res), h / substeps, tableau)
+        if substeps > 1:
+            g = jax.lax.fori_loop(
+                1, substeps, lambda _, u: _rk_step(rhs, u, rhs(u), h / substeps, tableau), g
+            )
+        hit = (stops == t + 1)[:, None, None]
+        return (g, running, jnp.where(hit, running, sums), jnp.where(hit, g, snaps)), None
+
+    if count == 0:
+        return carry
+    steps = jnp.arange(first, first + count, dtype=jnp.int32)
+    return jax.lax.scan(grid_step, carry, steps)[0]
+
+
+def _check_counts(substeps: int, warmup_steps: int, warmup_substeps: int) -> None:
+    if int(substeps) < 1 or int(warmup_substeps) < 1 or int(warmup_steps) < 0:
+        raise ValueError(
+            "substeps and warmup_substeps must be >= 1 and warmup_steps >= 0; got "
+            f"{substeps!r}, {warmup_substeps!r}, {warmup_steps!r}."
+        )
 
 
 def solve_function_space(
@@ -118,11 +152,13 @@ def solve_function_space(
     num_samples: ArrayLike,
     solver: str = "rk4",
     substeps: int = 1,
+    warmup_steps: int | None = None,
+    warmup_substeps: int = 4,
 ) -> FunctionSpaceSolution:
     """Integrates the kernel flow on the grid ``s_t = t·η`` and sums residuals per horizon.
 
     Args:
-        kernel: ``[N, N]`` trace kernel (masked rows/columns zero).
+        kernel: ``[N, N]`` symmetric trace kernel (masked rows/columns zero), dtype of `f0`.
         f0: ``[N, C]`` logits at the linearization point.
         residual: ``f -> [N, C]``, e.g. `Objective.residual` (masked rows zero).
         eta: grid step η; may be traced.
@@ -130,36 +166,46 @@ def solve_function_space(
         num_samples: Ñ, the number of unmasked rows; may be traced.
         solver: a key of `TABLEAUX`.
         substeps: static number of equal solver steps per grid interval.
+        warmup_steps: the first grid intervals take ``max(warmup_substeps, substeps)`` steps
+            each, resolving the stiff initial transient (the largest error source). None: 0 for
+            ``"euler"`` (which then stays exactly discrete GD), 8 otherwise.
+        warmup_substeps: substeps during the warm-up intervals.
 
     Returns:
         A `FunctionSpaceSolution`.
     """
     tableau = get_tableau(solver)
     horizons = check_horizons(horizons)
-    if int(substeps) < 1:
-        raise ValueError(f"substeps must be a positive integer; got {substeps!r}.")
+    if warmup_steps is None:
+        warmup_steps = 0 if solver == "euler" else DEFAULT_WARMUP_STEPS
+    _check_counts(substeps, warmup_steps, warmup_substeps)
     dtype = f0.dtype
     scale = -1.0 / jnp.asarray(num_samples, dtype)
-    h = jnp.asarray(eta, dtype) / substeps
-    stops = jnp.asarray(horizons, jnp.int32)
+    # Work in the classes-first layout g = fᵀ: ``rᵀ K`` (= (K r)ᵀ, K symmetric) is the fast
+    # skinny product on CPU (about 1.5x faster than ``K r`` at N = 1200, C = 10).
 
-    def rhs(f):
-        return jnp.matmul(kernel, scale * residual(f), precision=_PRECISION)
+    def residual_t(g):
+        return residual(g.T).T
 
-    def grid_step(carry, t):
-        f, running, sums, snaps = carry
-        res = residual(f)
-        running = running + res
-        f = _rk_step(rhs, f, jnp.matmul(kernel, scale * res, precision=_PRECISION), h, tableau)
-        if substeps > 1:
-            f = jax.lax.fori_loop(
-                1, substeps, lambda _, g: _rk_step(rhs, g, rhs(g), h, tableau), f
-            )
-        hit = (stops == t + 1)[:, None, None]
-        return (f, running, jnp.where(hit, running, sums), jnp.where(hit, f, snaps)), None
+    def kernel_product(res_t):
+        return jnp.matmul(scale * res_t, kernel, precision=_PRECISION)
 
-    zeros = jnp.zeros((len(horizons), *f0.shape), dtype)
-    init = (f0, jnp.zeros_like(f0), zeros, zeros + f0)
-    steps = jnp.arange(max(horizons), dtype=jnp.int32)
-    (f, _, sums, snaps), _ = jax.lax.scan(grid_step, init, steps)
-    return FunctionSpaceSolution(residual_sums=sums, logits=snaps, final_logits=f)
+    def rhs(g):
+        return kernel_product(residual_t(g))
+
+    zeros = jnp.zeros((len(horizons), *f0.shape[::-1]), dtype)
+    g0 = f0.T
+    carry = (g0, jnp.zeros_like(g0), zeros, jnp.broadcast_to(g0, zeros.shape))
+    total, warm = max(horizons), min(int(warmup_steps), max(horizons))
+    common = dict(
+        rhs=rhs, kernel_product=kernel_product, residual_t=residual_t,
+        h=jnp.asarray(eta, dtype), tableau=tableau, stops=jnp.asarray(horizons, jnp.int32),
+    )  # fmt: skip
+    carry = _scan_grid(carry, 0, warm, max(int(warmup_substeps), int(substeps)), **common)
+    carry = _scan_grid(carry, warm, total - warm, int(substeps), **common)
+    g, _, sums, snaps = carry
+    return FunctionSpaceSolution(
+        residual_sums=jnp.swapaxes(sums, 1, 2),
+        logits=jnp.swapaxes(snaps, 1, 2),
+        final_logits=g.T,
+    )

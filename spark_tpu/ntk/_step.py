@@ -65,15 +65,16 @@ def select_horizon(
     return jnp.argmin(safe).astype(jnp.int32), losses
 
 
-def _solve(kernel, f0, objective, n, *, eta, horizons, solver, substeps) -> FunctionSpaceSolution:
+def _solve(kernel, f0, objective, n, *, eta, horizons, solver, **options) -> FunctionSpaceSolution:
     if solver == "mse_closed_form":
+        del options
         # Exact when residual(f) = f - y on unmasked rows (the `mse` objective).
         return closed_form_from_residual(
             kernel, f0, objective.residual(f0), eta=eta, horizons=horizons, num_samples=n
         )
     return solve_function_space(
         kernel, f0, objective.residual, eta=eta, horizons=horizons, num_samples=n,
-        solver=solver, substeps=substeps,
+        solver=solver, **options,
     )  # fmt: skip
 
 
@@ -87,6 +88,8 @@ def ntk_evolution_step(
     horizons: Sequence[int],
     solver: str = "rk4",
     substeps: int = 1,
+    warmup_steps: int | None = None,
+    warmup_substeps: int = 4,
     kernel_fn: Callable[..., Array] = trace_kernel,
 ) -> tuple[eqx.Module, StepInfo]:
     """One NTK evolution step linearized at `model` on one pooled dataset (SPEC 3).
@@ -103,7 +106,8 @@ def ntk_evolution_step(
         eta: step size η (may be traced).
         horizons: static tuple of integer horizons T.
         solver: a key of `spark_tpu.ntk.TABLEAUX` or ``"mse_closed_form"`` (MSE objectives only).
-        substeps: static solver steps per grid interval.
+        substeps, warmup_steps, warmup_substeps: static solver options, see
+            `solve_function_space` (ignored by ``"mse_closed_form"``).
         kernel_fn: ``(model, x, mask) -> [N, N]``; `trace_kernel` by default.
 
     Returns:
@@ -116,8 +120,9 @@ def ntk_evolution_step(
     n = jnp.maximum(jnp.sum(mask), 1).astype(f0.dtype)
     kernel = kernel_fn(model, x, mask).astype(f0.dtype)
     solution = _solve(
-        kernel, f0, objective, n, eta=eta, horizons=horizons, solver=solver, substeps=substeps
-    )
+        kernel, f0, objective, n, eta=eta, horizons=horizons, solver=solver, substeps=substeps,
+        warmup_steps=warmup_steps, warmup_substeps=warmup_substeps,
+    )  # fmt: skip
     deltas = weight_steps(vjp_fn, solution.residual_sums, eta=eta, num_samples=n)
     index, losses = select_horizon(params, apply, x, deltas, objective)
     chosen = jax.tree.map(lambda d: d[index], deltas)

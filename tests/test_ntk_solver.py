@@ -1,0 +1,222 @@
+"""Function-space solver, objectives and the MSE closed form against independent truth (SPEC 3.3)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.linalg
+from sklearn.datasets import load_digits
+
+from spark_tpu.models import MLP
+from spark_tpu.ntk import (
+    cross_entropy,
+    evolve_mse_closed_form,
+    lr_schedule,
+    mse,
+    soft_label_regularized,
+    solve_function_space,
+    trace_kernel,
+)
+
+F64 = jnp.float64
+
+
+def _softmax(f):
+    p = np.exp(f - f.max(-1, keepdims=True))
+    return p / p.sum(-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def digits_problem():
+    """A digits MLP kernel scaled to the paper's stiffness η·λ_max(K)/Ñ = 3.6 (SPEC 3 notes)."""
+    n, c = 60, 10
+    x, labels = load_digits(return_X_y=True)
+    idx = np.random.default_rng(0).choice(len(x), n, replace=False)
+    x = (x[idx] - x.mean()) / x.std()
+    model = MLP((64,), hidden=(32,), num_classes=c, key=jax.random.key(0), dtype=F64)
+    xs = jnp.asarray(x, F64)
+    kernel = np.asarray(trace_kernel(model, xs))
+    f0 = np.asarray(jax.vmap(model)(xs))
+    y = np.eye(c)[labels[idx]]
+    eta = 3.6 * n / np.linalg.eigvalsh(kernel)[-1]
+    return kernel, f0, y, eta
+
+
+def _dop853(kernel, f0, y, eta, steps):
+    n, c = f0.shape
+
+    def rhs(_, v):
+        return (-(kernel @ (_softmax(v.reshape(n, c)) - y)) / n).ravel()
+
+    grid = np.arange(steps + 1) * eta
+    sol = scipy.integrate.solve_ivp(
+        rhs, (0, grid[-1]), f0.ravel(), method="DOP853", t_eval=grid, rtol=1e-10, atol=1e-12
+    )
+    return sol.y.T.reshape(steps + 1, n, c)
+
+
+def _solve(kernel, f0, y, eta, horizons, **options):
+    fn = jax.jit(
+        lambda k, f: solve_function_space(
+            k, f, cross_entropy(jnp.asarray(y)).residual, eta=eta, horizons=horizons,
+            num_samples=f0.shape[0], **options,
+        )
+    )  # fmt: skip
+    return jax.tree.map(np.asarray, fn(jnp.asarray(kernel), jnp.asarray(f0)))
+
+
+def test_default_solver_matches_dop853_at_reference_stiffness(digits_problem):
+    kernel, f0, y, eta = digits_problem
+    steps = 100
+    ref = _dop853(kernel, f0, y, eta, steps)
+    ref_sums = np.cumsum(_softmax(ref[:-1]) - y, axis=0)
+    horizons = tuple(range(1, steps + 1))
+    displacement = np.linalg.norm(ref - ref[0], axis=(1, 2)).max()
+
+    def errors(**options):
+        sol = _solve(kernel, f0, y, eta, horizons, **options)
+        f_err = np.linalg.norm(sol.logits - ref[1:], axis=(1, 2)).max() / displacement
+        r_err = np.max(
+            np.linalg.norm(sol.residual_sums - ref_sums, axis=(1, 2))
+            / np.linalg.norm(ref_sums, axis=(1, 2))
+        )
+        return f_err, r_err
+
+    assert max(errors()) <= 1e-4  # rk4 with its warm-up
+    assert max(errors(solver="dopri5")) <= 1e-4
+    # The same checks do reject inaccurate solutions: Euler is off by percents here.
+    assert min(errors(solver="euler")) > 1e-2
+
+
+def test_euler_is_discrete_gradient_descent_of_linearized_model(digits_problem):
+    kernel, f0, y, eta = digits_problem
+    mask = np.arange(f0.shape[0]) % 7 != 3
+    kernel = kernel * np.outer(mask, mask)
+    n_valid = mask.sum()
+    f, running, sums, logits = f0.copy(), np.zeros_like(f0), {}, {}
+    horizons = (0, 5, 1, 12)
+    for t in range(max(horizons) + 1):
+        if t in horizons:
+            sums[t], logits[t] = running.copy(), f.copy()
+        res = (_softmax(f) - y) * mask[:, None]
+        running += res
+        f = f - eta / n_valid * kernel @ res
+    obj = cross_entropy(jnp.asarray(y), jnp.asarray(mask))
+    sol = solve_function_space(
+        jnp.asarray(kernel), jnp.asarray(f0), obj.residual, eta=eta, horizons=horizons,
+        num_samples=n_valid, solver="euler",
+    )  # fmt: skip
+    np.testing.assert_allclose(sol.residual_sums, np.stack([sums[t] for t in horizons]), rtol=1e-12)
+    np.testing.assert_allclose(sol.logits, np.stack([logits[t] for t in horizons]), rtol=1e-12)
+    np.testing.assert_allclose(sol.final_logits, logits[12], rtol=1e-12)
+    np.testing.assert_array_equal(sol.residual_sums[0], 0.0)
+
+
+@pytest.mark.parametrize("solver,order", [("euler", 1), ("midpoint", 2), ("bosh3", 3), ("rk4", 4)])
+def test_convergence_order(digits_problem, solver, order):
+    kernel, f0, y, eta = digits_problem
+    eta = eta / 3.6  # asymptotic regime: stiffness 1 per grid step
+    ref = _dop853(kernel, f0, y, eta, 20)[-1]
+    errs = [
+        np.linalg.norm(
+            _solve(kernel, f0, y, eta, (20,), solver=solver, substeps=s, warmup_steps=0)
+            .final_logits - ref
+        )
+        for s in (4, 8)
+    ]  # fmt: skip
+    assert order - 0.3 <= np.log2(errs[0] / errs[1]) <= order + 0.5
+
+
+def test_mse_closed_form_matches_expm():
+    rng = np.random.default_rng(1)
+    n, c = 12, 3
+    a = rng.normal(size=(n, 20))
+    mask = np.arange(n) < 10
+    kernel = (a @ a.T + 1.0) * np.outer(mask, mask)
+    f0, y = rng.normal(size=(n, c)), rng.normal(size=(n, c))
+    eta, horizons, n_valid = 0.05, (0, 3, 17), mask.sum()
+    sol = evolve_mse_closed_form(
+        jnp.asarray(kernel), jnp.asarray(f0), jnp.asarray(y), jnp.asarray(mask), eta=eta,
+        horizons=horizons,
+    )  # fmt: skip
+    u0 = (f0 - y) * mask[:, None]
+    step = scipy.linalg.expm(-eta * kernel / n_valid)
+    for h, tau in enumerate(horizons):
+        powers = [np.linalg.matrix_power(step, t) @ u0 for t in range(tau)]
+        expected_sum = np.sum(powers, axis=0) if powers else np.zeros_like(u0)
+        expected_f = f0 + scipy.linalg.expm(-tau * eta * kernel / n_valid) @ u0 - u0
+        np.testing.assert_allclose(sol.residual_sums[h], expected_sum, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(sol.logits[h], expected_f, rtol=1e-9, atol=1e-12)
+    # The ODE solver on the MSE objective agrees (substeps for the undamped stiffness).
+    ode = solve_function_space(
+        jnp.asarray(kernel), jnp.asarray(f0), mse(jnp.asarray(y), jnp.asarray(mask)).residual,
+        eta=eta, horizons=horizons, num_samples=n_valid, substeps=16,
+    )  # fmt: skip
+    np.testing.assert_allclose(ode.residual_sums, sol.residual_sums, rtol=1e-7, atol=1e-10)
+
+
+def _check_residual_is_scaled_gradient(objective, f, n_valid):
+    grad = jax.grad(objective.loss)(f)
+    np.testing.assert_allclose(objective.residual(f), n_valid * grad, rtol=1e-10, atol=1e-13)
+
+
+def test_objective_residuals_are_scaled_loss_gradients():
+    rng = np.random.default_rng(2)
+    n, c = 9, 4
+    f = jnp.asarray(rng.normal(size=(n, c)) * 2)
+    y = jnp.asarray(np.eye(c)[rng.integers(0, c, n)])
+    teacher = jnp.asarray(rng.normal(size=(n, c)))
+    mask = jnp.arange(n) % 3 != 0
+    for objective in (cross_entropy(y, mask), mse(y, mask)):
+        _check_residual_is_scaled_gradient(objective, f, 6)
+        np.testing.assert_array_equal(np.asarray(objective.residual(f))[~np.asarray(mask)], 0.0)
+
+    @jax.jit
+    def traced(weight, temperature):  # λ and T arrive traced, as when annealed per round
+        obj = soft_label_regularized(y, teacher, mask, weight=weight, temperature=temperature)
+        return obj.residual(f), 6 * jax.grad(obj.loss)(f), obj.loss(f)
+
+    residual, grad, loss = traced(jnp.asarray(0.3), jnp.asarray(2.5))
+    np.testing.assert_allclose(residual, grad, rtol=1e-10, atol=1e-13)
+    # Against the formula of SPEC 6, written out in numpy.
+    fn, yn, gn, m = (np.asarray(a) for a in (f, y, teacher, mask))
+    ce = -(yn * np.log(_softmax(fn))).sum(-1)
+    pt, ps = _softmax(gn / 2.5), _softmax(fn / 2.5)
+    kl = (pt * (np.log(pt) - np.log(ps))).sum(-1)
+    expected = (0.7 * ce + 0.3 * 2.5**2 * kl)[m].mean()
+    np.testing.assert_allclose(loss, expected, rtol=1e-12)
+    plain = soft_label_regularized(y, teacher, mask, weight=0.0, temperature=2.0)
+    np.testing.assert_allclose(plain.loss(f), cross_entropy(y, mask).loss(f), rtol=1e-12)
+
+
+def test_solver_vmaps_over_clients_and_validates(digits_problem):
+    kernel, f0, y, eta = digits_problem
+    kernels = jnp.stack([jnp.asarray(kernel), 0.5 * jnp.asarray(kernel)])
+    f0s = jnp.stack([jnp.asarray(f0), -jnp.asarray(f0)])
+    etas = jnp.asarray([eta, 0.5 * eta])  # traced, decaying per round in the simulator
+
+    def one(k, f, e):
+        return solve_function_space(
+            k, f, cross_entropy(jnp.asarray(y)).residual, eta=e, horizons=(3, 7), num_samples=60
+        )
+
+    batched = jax.jit(jax.vmap(one))(kernels, f0s, etas)
+    for q in range(2):
+        single = one(kernels[q], f0s[q], etas[q])
+        np.testing.assert_allclose(batched.residual_sums[q], single.residual_sums, rtol=1e-12)
+    with pytest.raises(ValueError, match="horizons"):
+        solve_function_space(
+            kernels[0], f0s[0], lambda f: f, eta=eta, horizons=(-1, 2), num_samples=60
+        )
+    with pytest.raises(ValueError, match="Unknown solver 'rk5'"):
+        solve_function_space(
+            kernels[0], f0s[0], lambda f: f, eta=eta, horizons=(2,), num_samples=60, solver="rk5"
+        )
+
+
+def test_lr_schedule_decays_exponentially():
+    schedule = lr_schedule(0.01, 0.07)
+    np.testing.assert_allclose(schedule(0), 0.01, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(schedule)(jnp.asarray(5)), 0.01 * np.exp(-0.35), rtol=1e-6)
+    assert schedule(3).dtype == jnp.float32

@@ -1,0 +1,134 @@
+"""The whole NTK evolution step against brute force (SPEC 3.4–3.5)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from spark_tpu.models import MLP, NTKMLP
+from spark_tpu.ntk import (
+    cross_entropy,
+    materialized_jacobian,
+    mse,
+    ntk_evolution_step,
+    soft_label_regularized,
+    solve_function_space,
+    trace_kernel,
+    trace_kernel_materialized,
+)
+
+F64 = jnp.float64
+
+
+def _problem(n=10, c=3, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(n, d)), F64)
+    y = jnp.asarray(np.eye(c)[rng.integers(0, c, n)], F64)
+    mask = jnp.arange(n) < n - 2
+    return x, y, mask
+
+
+def test_step_picks_brute_force_argmin_and_explicit_delta():
+    x, y, mask = _problem()
+    model = MLP((6,), hidden=(8,), num_classes=3, key=jax.random.key(0), dtype=F64)
+    teacher = jax.vmap(model)(x) * 0.5
+    objective = soft_label_regularized(y, teacher, mask, weight=0.3, temperature=2.0)
+    eta, horizons = 2.0, (40, 0, 5, 15)
+    new, info = jax.jit(
+        lambda m: ntk_evolution_step(m, x, objective, mask, eta=eta, horizons=horizons)
+    )(model)
+
+    # Brute force from the materialized Jacobian.
+    n_valid = int(mask.sum())
+    f0 = jax.vmap(model)(x)
+    sol = jax.jit(
+        lambda k: solve_function_space(
+            k, f0, objective.residual, eta=eta, horizons=horizons, num_samples=n_valid
+        )
+    )(jax.jit(trace_kernel_materialized)(model, x, mask))
+    jac = np.asarray(jax.jit(materialized_jacobian)(model, x))
+    flat0, unravel = ravel_pytree(eqx.filter(model, eqx.is_array))
+    loss_at = jax.jit(lambda flat: objective.loss(jax.vmap(eqx.combine(unravel(flat), model))(x)))
+    losses, deltas = [], []
+    for h in range(len(horizons)):
+        delta = -eta / n_valid * np.einsum("ncp,nc->p", jac, np.asarray(sol.residual_sums[h]))
+        losses.append(float(loss_at(flat0 + delta)))
+        deltas.append(delta)
+    best = int(np.argmin(losses))
+    assert len(set(np.round(losses, 6))) == len(horizons)  # a real choice among distinct losses
+    assert int(info.tau_index) == best and int(info.tau) == horizons[best]
+    np.testing.assert_allclose(info.losses, losses, rtol=1e-10)
+    new_flat, _ = ravel_pytree(eqx.filter(new, eqx.is_array))
+    np.testing.assert_allclose(new_flat - flat0, deltas[best], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(info.initial_loss, objective.loss(f0), rtol=1e-12)
+    np.testing.assert_allclose(info.linearized_losses[1], info.initial_loss, rtol=1e-12)
+
+
+def test_euler_step_of_linear_model_is_gradient_descent():
+    # For an affine model the trace kernel is exact (Θ = K ⊗ I), so Euler's weight step for
+    # horizon τ equals τ steps of real gradient descent on the mean cross-entropy.
+    x, y, mask = _problem(seed=1)
+    model = MLP((6,), hidden=(), num_classes=3, key=jax.random.key(1), dtype=F64)
+    objective = cross_entropy(y, mask)
+    eta, tau = 0.7, 25
+    new, info = ntk_evolution_step(
+        model, x, objective, mask, eta=eta, horizons=(tau,), solver="euler"
+    )
+    loss = lambda m: objective.loss(jax.vmap(m)(x))  # noqa: E731
+
+    @eqx.filter_jit
+    def gradient_descent(w):
+        def body(_, w):
+            return jax.tree.map(lambda p, g: p - eta * g, w, eqx.filter_grad(loss)(w))
+
+        return jax.lax.fori_loop(0, tau, body, w)
+
+    w = gradient_descent(model)
+    np.testing.assert_allclose(
+        ravel_pytree(eqx.filter(new, eqx.is_array))[0],
+        ravel_pytree(eqx.filter(w, eqx.is_array))[0],
+        rtol=1e-10,
+    )
+    np.testing.assert_allclose(info.losses[0], loss(w), rtol=1e-10)
+    np.testing.assert_allclose(info.linearized_losses[0], loss(w), rtol=1e-10)
+
+
+def test_step_vmaps_over_stacked_clients_with_traced_eta():
+    x, y, mask = _problem(n=8, seed=2)
+    keys = jax.random.split(jax.random.key(2), 3)
+    build = lambda k: NTKMLP((6,), 16, 3, key=k, activation="sigmoid", dtype=F64)  # noqa: E731
+    stacked = eqx.filter_vmap(build)(keys)
+    xs = jnp.stack([x, -x, 2 * x])
+    masks = jnp.stack([mask, mask, jnp.ones_like(mask)])
+    etas = jnp.asarray([1.0, 2.0, 0.5])
+
+    def step(m, xq, mq, e):
+        return ntk_evolution_step(m, xq, cross_entropy(y, mq), mq, eta=e, horizons=(2, 9))
+
+    new, info = eqx.filter_jit(eqx.filter_vmap(step))(stacked, xs, masks, etas)
+    single = eqx.filter_jit(step)
+    for q in range(3):
+        new_q, info_q = single(build(keys[q]), xs[q], masks[q], etas[q])
+        np.testing.assert_allclose(info.losses[q], info_q.losses, rtol=1e-10)
+        np.testing.assert_allclose(
+            new.layers[0].weight[q], new_q.layers[0].weight, rtol=1e-10, atol=1e-13
+        )
+
+
+def test_mse_closed_form_step_and_materialized_kernel_option():
+    x, y, mask = _problem(seed=3)
+    model = MLP((6,), hidden=(5,), num_classes=3, key=jax.random.key(3), dtype=F64)
+    objective = mse(y, mask)
+    kwargs = dict(eta=0.3, horizons=(4, 12))
+    exact, info = jax.jit(
+        lambda m: ntk_evolution_step(m, x, objective, mask, solver="mse_closed_form", **kwargs)
+    )(model)
+    ode, info_ode = jax.jit(
+        lambda m: ntk_evolution_step(
+            m, x, objective, mask, substeps=16, kernel_fn=trace_kernel_materialized, **kwargs
+        )
+    )(model)
+    np.testing.assert_allclose(info.losses, info_ode.losses, rtol=1e-6)
+    np.testing.assert_allclose(exact.layers[0].weight, ode.layers[0].weight, rtol=1e-6)
+    assert trace_kernel(model, x, mask).shape == (10, 10)
