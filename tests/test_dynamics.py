@@ -124,6 +124,24 @@ def test_reduced_flow_equals_weight_space_expm(algorithm, w_kind, width):
     np.testing.assert_allclose(got.reshape(steps + 1, -1), disc, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("graph", ["ring", "star", "complete"])
+@pytest.mark.parametrize("algorithm", ["atc", "cta"])
+def test_similarity_transform_flow_equals_van_loan(algorithm, graph):
+    # symmetric W and s·λ_max(G_q) < 1: solve_flow takes the eigh-after-similarity path, while
+    # flow_trajectory(flow_system(...)) sees a non-symmetric A and uses Van Loan's expm.
+    q, r = 5, 4
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(q, 3, r))
+    gram, g0 = np.einsum("qna,qnb->qab", c, c), rng.normal(size=(q, r))
+    step = 0.8 / np.linalg.eigvalsh(gram).max()
+    w = topology.metropolis_hastings(getattr(topology, graph)(q))
+    a, u = dynamics.flow_system(gram, g0, w, algorithm, step)
+    assert not np.allclose(a, a.T)
+    expected = dynamics.flow_trajectory(a, u, 30)
+    got = dynamics.solve_flow(gram, g0, w, algorithm, step, 30)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_reduced_discrete_time_varying_w_equals_weight_space(algorithm):
     f, params0, x, y = _small_problem(6)

@@ -13,6 +13,10 @@ The solution (eqs. 13–14) is z(t) = ∫_0^t e^{A(t−τ)} u dτ:
 
 - A symmetric (DGD with a symmetric W): one ``eigh``, A = U diag(λ) Uᵀ, and
   z(t) = U diag((e^{λt} − 1)/λ) Uᵀ u for every t at once;
+- ATC or CTA with a symmetric W and H = I − s G positive definite (s λ_max(G_q) < 1, the usual
+  regime): a similarity transform makes A symmetric. With S = H^{1/2} (block diagonal) and the
+  symmetric M = S W S − I, ATC has A = W H − I = S^{-1} M S and CTA has A = H W − I = S M S^{-1},
+  so one ``eigh`` of M again serves every t;
 - otherwise Van Loan's block exponential: exp([[A, u], [0, 0]]) = [[e^A, ∫_0^1 e^{Aτ} dτ u], [0, 1]],
   computed once with ``scipy.linalg.expm``, then stepped exactly through t = 1, 2, …, T.
 """
@@ -24,6 +28,7 @@ import scipy.linalg
 from jaxtyping import Float
 
 SYMMETRY_ATOL = 1e-14
+MIN_H_EIGENVALUE = 1e-3  # below this, S^{-1} = H^{-1/2} is ill-conditioned: use Van Loan
 
 
 def _coupling(w: np.ndarray, gram: np.ndarray, algorithm: str) -> np.ndarray:
@@ -88,7 +93,7 @@ def _van_loan_solution(a: np.ndarray, u: np.ndarray, steps: int) -> np.ndarray:
 def flow_trajectory(
     a: Float[np.ndarray, "n n"], u: Float[np.ndarray, " n"], steps: int
 ) -> Float[np.ndarray, "steps_plus_1 n"]:
-    """z(t) = ∫_0^t e^{A(t−τ)} u dτ at t = 0, 1, …, ``steps`` (seed eqs. 13–14).
+    """z(t) = ∫_0^t e^{A(t−τ)} u dτ at t = 0, 1, …, ``steps`` (seed eqs. 13–14), for any A.
 
     Uses one symmetric eigendecomposition when A is symmetric (to 1e-14), else Van Loan's block
     exponential (module docstring).
@@ -96,3 +101,57 @@ def flow_trajectory(
     if np.allclose(a, a.T, rtol=0.0, atol=SYMMETRY_ATOL):
         return _symmetric_solution(a, u, np.arange(steps + 1, dtype=np.float64))
     return _van_loan_solution(a, u, steps)
+
+
+def _sqrt_blocks(gram: np.ndarray, step: float):
+    """H_q^{1/2} and H_q^{-1/2} for H_q = I − s G_q, or None if H is not safely positive definite."""
+    gam, vec = np.linalg.eigh(gram)
+    h = 1.0 - step * gam
+    if h.min() < MIN_H_EIGENVALUE:
+        return None
+    half = np.einsum("qab,qb,qcb->qac", vec, np.sqrt(h), vec)
+    inv_half = np.einsum("qab,qb,qcb->qac", vec, 1.0 / np.sqrt(h), vec)
+    return half, inv_half
+
+
+def _apply_blocks(blocks: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """blkdiag(blocks) applied to the last axis of z (length Q·r)."""
+    q, r = blocks.shape[:2]
+    zq = z.reshape(*z.shape[:-1], q, r)
+    return np.einsum("qab,...qb->...qa", blocks, zq).reshape(z.shape)
+
+
+def _similarity_solution(gram, g0, w, algorithm, step, steps):
+    sqrt_blocks = _sqrt_blocks(gram, step)
+    if sqrt_blocks is None:
+        return None
+    half, inv_half = sqrt_blocks
+    n = gram.shape[0] * gram.shape[1]
+    m = np.einsum("ij,iab,jbc->iajc", w, half, half).reshape(n, n) - np.eye(n)
+    left, right = (inv_half, half) if algorithm == "atc" else (half, inv_half)
+    u = -step * (w @ g0 if algorithm == "atc" else g0).reshape(-1)
+    times = np.arange(steps + 1, dtype=np.float64)
+    return _apply_blocks(left, _symmetric_solution(m, _apply_blocks(right, u), times))
+
+
+def solve_flow(
+    gram: Float[np.ndarray, "clients rank rank"],
+    g0: Float[np.ndarray, "clients rank"],
+    w: Float[np.ndarray, "clients clients"],
+    algorithm: str,
+    step: float,
+    steps: int,
+) -> Float[np.ndarray, "steps_plus_1 n"]:
+    """The flow of seed eq. 12a/b/c at t = 0 … ``steps``, by the cheapest exact method.
+
+    DGD with a symmetric W: ``eigh`` of A. ATC/CTA with a symmetric W and s λ_max(G_q) < 1 − 1e-3:
+    ``eigh`` after the similarity transform S = (I − s G)^{1/2}. Otherwise: Van Loan's ``expm``.
+    Arguments are as in `flow_system`.
+    """
+    symmetric = np.allclose(w, w.T, rtol=0.0, atol=SYMMETRY_ATOL)
+    if symmetric and algorithm != "dgd":
+        z = _similarity_solution(gram, g0, w, algorithm, step, steps)
+        if z is not None:
+            return z
+    a, u = flow_system(gram, g0, w, algorithm, step)
+    return flow_trajectory(a, u, steps)

@@ -153,7 +153,7 @@ def linearize(
         if x_test is not None:
             f0_test, jac_test = _outputs_and_jacobian(outputs, jacobian, flat0, np.asarray(x_test), chunk)
             c_test = jac_test @ basis
-    logging.info("linearize: Q=%d D=%d P=%d, rank r=%d of %d", q, d, jac.shape[1], lam.size, jac.shape[0])
+    logging.debug("linearize: Q=%d D=%d P=%d, rank r=%d of %d", q, d, jac.shape[1], lam.size, jac.shape[0])
     return Linearization(
         f0=f0.reshape(q, -1),
         c_blocks=(vec * np.sqrt(lam)).reshape(q, -1, lam.size),

@@ -24,7 +24,7 @@ from jaxtyping import Float
 from spark_tpu.topology import check_row_stochastic
 
 from ._discrete import DISCRETE_UPDATES, discrete_trajectory
-from ._flow import flow_system, flow_trajectory
+from ._flow import solve_flow
 from ._linearize import Linearization, ModelFn, linearize
 
 BAD_ALGORITHM = "algorithm={value!r}: choose one of {allowed}."
@@ -128,10 +128,9 @@ def predict_linearized(
     z = discrete_trajectory(gram, g0, w_seq, algorithm, eta * c)
     result.update(_readout(lin, z, y, d, "discrete"))
     if flow and static:
-        a, u = flow_system(gram, g0, w_seq[0], algorithm, eta * c)
-        zf = flow_trajectory(a, u, w_seq.shape[0]).reshape(-1, q, lin.rank)
+        zf = solve_flow(gram, g0, w_seq[0], algorithm, eta * c, len(w_seq)).reshape(-1, q, lin.rank)
         result.update(_readout(lin, zf, y, d, "flow"))
-    logging.info(
+    logging.debug(
         "predict: %s, Q=%d, r=%d, %d steps, flow=%s", algorithm, q, lin.rank, len(w_seq), flow and static
     )
     return result
