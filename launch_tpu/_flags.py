@@ -56,6 +56,10 @@ flags.DEFINE_integer("checkpoint_every", 0, "Save every K rounds (0: only at the
 flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints to keep.")
 flags.DEFINE_string("spark_stages", "", "SPARK stage schedule (see README).")
 flags.DEFINE_multi_string("spark", [], "SPARK option KEY=VALUE (repeatable; see README).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a multi-process "
+                    "run on CPU/GPU hosts (TPU pods need none of these three flags).")
+flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.")
+flags.DEFINE_integer("process_id", 0, "This process's index in a multi-process run.")
 flags.DEFINE_bool("small", False, "Shrink any preset to a seconds-to-minutes demo.")
 
 FLAGS = flags.FLAGS

@@ -23,11 +23,16 @@ def _configure_jax() -> int:
     Returns the number of devices to shard over.
     """
     jax.config.parse_flags_with_absl()
-    jax.config.update("jax_num_cpu_devices", FLAGS.devices or 8)
-    if any(os.environ.get(v) for v in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES")):
-        jax.distributed.initialize()
-    available = len(jax.devices())
-    return FLAGS.devices or available
+    procs = FLAGS.num_processes
+    if (FLAGS.devices or 8) % procs:
+        raise app.UsageError(f"--devices={FLAGS.devices} must divide over --num_processes={procs}.")
+    jax.config.update("jax_num_cpu_devices", (FLAGS.devices or 8) // procs)
+    if procs > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(FLAGS.coordinator_address, procs, FLAGS.process_id)
+    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+        jax.distributed.initialize()  # a TPU pod slice: JAX finds its peers itself
+    return FLAGS.devices or len(jax.devices())
 
 
 def main(argv):

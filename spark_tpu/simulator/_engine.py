@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from spark_tpu import gossip
@@ -138,9 +139,35 @@ def make_evaluate(model: Model, mesh, num_clients: int):
 
 
 def place(tree, mesh, spec):
-    """device_put a pytree with one PartitionSpec for every leaf."""
+    """Places a host pytree on the mesh with one PartitionSpec for every leaf.
+
+    Every process holds the same host arrays (the partition is seeded) and places only the
+    shards its own devices hold, so the same code serves one process or many (multi-host).
+    """
     sharding = jax.sharding.NamedSharding(mesh, spec)
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+    def one(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.device_put(x, sharding) if jax.process_count() == 1 else _replicate_key(x, sharding)
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(one, tree)
+
+
+def _replicate_key(key, sharding):
+    data = np.asarray(jax.random.key_data(key))
+    arr = jax.make_array_from_callback(data.shape, sharding, lambda index: data[index])
+    return jax.random.wrap_key_data(arr)
+
+
+def to_host(x) -> np.ndarray:
+    """A (possibly multi-host) global array as one numpy array on every process."""
+    if jax.process_count() == 1 or x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def stack_clients(params, count: int):

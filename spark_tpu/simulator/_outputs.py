@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 
 import numpy as np
+from etils import epath
 
 COLUMNS = (
     "round", "mean_local_acc", "aggregated_acc", "train_loss", "consensus_distance",
@@ -22,20 +23,26 @@ def _fmt(v):
 
 
 def write_metrics(path: str, rows: list[dict], extra: tuple[str, ...] = ()) -> None:
-    """Rewrites metrics.csv atomically with one row per round."""
+    """Rewrites metrics.csv (local or gs://) with one row per round, atomically where local."""
     cols = COLUMNS + tuple(extra)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for row in rows:
-            w.writerow([_fmt(row.get(c)) for c in cols])
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(cols)
+    for row in rows:
+        w.writerow([_fmt(row.get(c)) for c in cols])
+    _write_text(path, buf.getvalue())
+
+
+def _write_text(path: str, text: str) -> None:
+    target = epath.Path(path)
+    tmp = target.parent / (target.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(target)
 
 
 def read_metrics(path: str) -> list[dict]:
     """metrics.csv back as a list of dicts of floats (empty cells are NaN)."""
-    with open(path) as f:
+    with epath.Path(path).open() as f:
         return [
             {k: (float(v) if v != "" else math.nan) for k, v in row.items()}
             for row in csv.DictReader(f)
@@ -43,10 +50,7 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-    os.replace(tmp, path)
+    _write_text(path, json.dumps(obj, indent=2, default=_json_default))
 
 
 def _json_default(o):
@@ -81,5 +85,7 @@ def plot_accuracy(path: str, rows: list[dict], title: str) -> None:
     axes[0].legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    epath.Path(path).write_bytes(buf.getvalue())

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 
 from spark_tpu import gossip
 
@@ -89,13 +90,14 @@ class Simulation:
         fn = self.chunk(length)
         with jax.transfer_guard_host_to_device("disallow"):
             self.state, self.round, metrics = fn(self.state, self.round, self.inputs)
-        return jax.tree.map(np.asarray, metrics)
+        return jax.tree.map(_engine.to_host, metrics)
 
     def evaluate(self) -> tuple[np.ndarray, float, float]:
         local, agg, dist = self._evaluate(
             self.state.params, self.inputs.client_ids, self.real, self.test
         )
-        return np.asarray(local)[: self.cfg.clients], float(agg), float(dist)
+        local, agg, dist = (_engine.to_host(v) for v in (local, agg, dist))
+        return local[: self.cfg.clients], float(agg), float(dist)
 
 
 def _round_rows(metrics, start: int, clients: int, seconds: float, bytes_so_far: float):
@@ -140,7 +142,7 @@ def run(cfg: Config, workdir: str, *, progress: bool = True, hooks=None) -> dict
     Returns:
       The summary dict also written to summary.json.
     """
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     t_setup = time.perf_counter()
     sim = Simulation(cfg)
     setup_seconds = time.perf_counter() - t_setup
@@ -193,7 +195,9 @@ def _first_reaching(rows, target: float):
 
 def _finish(cfg, sim, rows, workdir, taus, setup_seconds, run_seconds) -> dict:
     extra = tuple(k for k in rows[-1] if k not in _outputs.COLUMNS)
-    _outputs.write_metrics(os.path.join(workdir, "metrics.csv"), rows, extra)
+    writer = jax.process_index() == 0  # process 0 writes; every process computes the summary
+    if writer:
+        _outputs.write_metrics(os.path.join(workdir, "metrics.csv"), rows, extra)
     r_target, b_target = _first_reaching(rows, cfg.target_accuracy)
     last = rows[-1]
     summary = {
@@ -213,9 +217,10 @@ def _finish(cfg, sim, rows, workdir, taus, setup_seconds, run_seconds) -> dict:
         "run_seconds": run_seconds,
         "seconds_per_round": float(np.mean([r["seconds"] for r in rows])),
     }
-    _outputs.write_json(os.path.join(workdir, "summary.json"), summary)
-    _outputs.plot_accuracy(
-        os.path.join(workdir, "accuracy.png"), rows,
-        f"{cfg.algorithm} on {cfg.dataset}, {cfg.clients} clients, {cfg.partition} α={cfg.alpha}",
-    )
+    if writer:
+        _outputs.write_json(os.path.join(workdir, "summary.json"), summary)
+        _outputs.plot_accuracy(
+            os.path.join(workdir, "accuracy.png"), rows,
+            f"{cfg.algorithm} on {cfg.dataset}, {cfg.clients} clients, {cfg.partition} α={cfg.alpha}",
+        )
     return summary
