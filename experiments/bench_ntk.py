@@ -1,0 +1,125 @@
+"""Micro-benchmark of the NTK engine (SPEC 3): kernel, solver, and the whole step per client.
+
+Command (from the repo root):
+
+    python -m experiments.bench_ntk                     # N = 1200, C = 10, 800 grid steps
+    python -m experiments.bench_ntk --small             # N = 300, 200 steps, seconds
+
+Expected wall time on the 2-core dev box: about 2 min (full). It times, warm (compile excluded,
+best of --repeats):
+
+- the trace kernel of the 784-100-10 MLP: structured (`trace_kernel`) at N and materialized
+  (`trace_kernel_materialized`, the reference's explicit Jacobian) at --materialized_n;
+- the function-space solver for one client at N, C, max(T) for each solver;
+- B clients at once: ``jax.lax.map`` over clients (each kernel stays hot while it steps) vs
+  ``jax.vmap`` (batched products), for the default solver;
+- with --many_clients, the solvers vmapped over that many clients (the accelerator setting);
+- one whole `ntk_evolution_step` at N.
+
+Writes experiments/results/bench_ntk.json (or --out).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from spark_tpu import models, ntk
+
+_SMALL = flags.DEFINE_bool("small", False, "N = 300, 200 grid steps.")
+_N = flags.DEFINE_integer("n", 1200, "Pooled samples per client.")
+_STEPS = flags.DEFINE_integer("steps", 800, "Grid steps max(T).")
+_CLIENTS = flags.DEFINE_integer("clients", 4, "Clients for the map-vs-vmap comparison.")
+_MANY = flags.DEFINE_integer(
+    "many_clients", 0, "If > 0, also time the default solver vmapped over this many clients."
+)
+_MAT_N = flags.DEFINE_integer("materialized_n", 200, "Samples for the materialized kernel.")
+_SOLVERS = flags.DEFINE_list("solvers", ["euler", "bosh3", "rk4"], "Solvers to time.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (best is kept).")
+_OUT = flags.DEFINE_string("out", "experiments/results/bench_ntk.json", "Result file.")
+
+
+def _time(fn, *args) -> float:
+    jax.block_until_ready(fn(*args))  # compile
+    best = np.inf
+    for _ in range(_REPEATS.value):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return float(best)
+
+
+def _problem(n: int, key):
+    kx, ky, km = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (n, 28, 28), jnp.float32)
+    y = jax.nn.one_hot(jax.random.randint(ky, (n,), 0, 10), 10, dtype=jnp.float32)
+    return models.MLP((28, 28), key=km), x, y
+
+
+def _solver_fn(y, horizons, solver):
+    def solve(kernel, f0):
+        return ntk.solve_function_space(
+            kernel, f0, ntk.cross_entropy(y).residual, eta=jnp.float32(0.01), horizons=horizons,
+            num_samples=y.shape[0], solver=solver,
+        ).residual_sums  # fmt: skip
+
+    return solve
+
+
+def main(argv):
+    del argv
+    n, steps = (300, 200) if _SMALL.value else (_N.value, _STEPS.value)
+    horizons = tuple(sorted({max(1, steps // 8), steps // 4, steps // 2, steps}))
+    model, x, y = _problem(n, jax.random.key(0))
+    results = {"device": str(jax.devices()[0]), "n": n, "classes": 10, "steps": steps}
+
+    kernel = jax.jit(ntk.trace_kernel)(model, x)
+    f0 = jax.vmap(model)(x)
+    results["kernel_structured_s"] = _time(jax.jit(ntk.trace_kernel), model, x)
+    m = min(_MAT_N.value, n)
+    results["kernel_structured_s_at_materialized_n"] = _time(jax.jit(ntk.trace_kernel), model, x[:m])
+    results["kernel_materialized_s"] = _time(jax.jit(ntk.trace_kernel_materialized), model, x[:m])
+    results["materialized_n"] = m
+
+    for solver in _SOLVERS.value:
+        results[f"solve_{solver}_s"] = _time(jax.jit(_solver_fn(y, horizons, solver)), kernel, f0)
+
+    b = _CLIENTS.value
+    kernels, f0s = jnp.stack([kernel] * b), jnp.stack([f0] * b)
+    solve = _solver_fn(y, horizons, "rk4")
+    results["clients"] = b
+    results["rk4_lax_map_per_client_s"] = _time(
+        jax.jit(lambda k, f: jax.lax.map(lambda a: solve(*a), (k, f))), kernels, f0s
+    ) / b
+    results["rk4_vmap_per_client_s"] = _time(jax.jit(jax.vmap(solve)), kernels, f0s) / b
+
+    if _MANY.value:
+        many = _MANY.value
+        kernels, f0s = jnp.broadcast_to(kernel, (many, n, n)), jnp.broadcast_to(f0, (many, n, 10))
+        results["many_clients"] = many
+        results["rk4_vmap_many_per_client_s"] = _time(jax.jit(jax.vmap(solve)), kernels, f0s) / many
+        results["euler_vmap_many_per_client_s"] = _time(
+            jax.jit(jax.vmap(_solver_fn(y, horizons, "euler"))), kernels, f0s
+        ) / many
+
+    step = jax.jit(
+        lambda mdl: ntk.ntk_evolution_step(
+            mdl, x, ntk.cross_entropy(y), eta=jnp.float32(0.01), horizons=horizons
+        )[1].tau
+    )
+    results["step_rk4_s"] = _time(step, model)
+    for key, value in results.items():
+        print(f"{key:45s} {value}")
+    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+    with open(_OUT.value, "w") as f:
+        json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
