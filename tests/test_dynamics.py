@@ -8,6 +8,7 @@
 """
 
 import doctest
+import itertools
 
 import equinox as eqx
 import jax
@@ -55,7 +56,7 @@ def _random_stochastic(q: int, seed: int) -> np.ndarray:
 
 def _weight_space(f, params0, x, y, w, algorithm, s):
     """A, u, J_bd, f0, ϑ0 of seed eq. 12a/b/c in the full Q·P weight space (u incl. Ψ0 ϑ0)."""
-    q, d = x.shape[:2]
+    q = x.shape[0]
     flat0, unravel = jax.flatten_util.ravel_pytree(params0)
     p = flat0.shape[0]
     fq = jax.vmap(lambda fl, xi: jnp.reshape(f(unravel(fl), xi), (-1,)), in_axes=(None, 0))
@@ -81,12 +82,16 @@ def _weight_space_flow(a, u, theta0, t):
 
 def _weight_space_discrete(j_bd, f0, y, theta0, w_seq, algorithm, s, p):
     """Seed eqs. 7a–c with the linearized gradient s·J_bdᵀ(f0 + J_bd(ϑ − ϑ0) − y)."""
-    grad = lambda th: s * j_bd.T @ (f0 + j_bd @ (th - theta0) - y.reshape(-1))  # noqa: E731
+    grad = lambda th: s * j_bd.T @ (f0 + j_bd @ (th - theta0) - y.reshape(-1))
     th, out = theta0.copy(), [theta0.copy()]
     for w in w_seq:
         wb = np.kron(w, np.eye(p))
-        th = {"dgd": lambda: wb @ th - grad(th), "atc": lambda: wb @ (th - grad(th)),
-              "cta": lambda: wb @ th - grad(wb @ th)}[algorithm]()
+        if algorithm == "dgd":
+            th = wb @ th - grad(th)
+        elif algorithm == "atc":
+            th = wb @ (th - grad(th))
+        else:
+            th = wb @ th - grad(wb @ th)
         out.append(th)
     return np.stack(out)
 
@@ -105,9 +110,15 @@ def _small_problem(width):
 def test_reduced_flow_equals_weight_space_expm(algorithm, w_kind, width):
     f, params0, x, y = _small_problem(width)
     q, d = x.shape[:2]
-    w = topology.metropolis_hastings(topology.ring(q)) if w_kind != "nonsymmetric" else _random_stochastic(q, 7)
+    w = (
+        topology.metropolis_hastings(topology.ring(q))
+        if w_kind != "nonsymmetric"
+        else _random_stochastic(q, 7)
+    )
     s, eta, steps = 1.0 / (d * q), 2.0, 12  # c = 1/(DQ): eq. 12 literally
-    res = dynamics.predict(f, params0, (x, y), w, algorithm=algorithm, eta=eta, steps=steps, loss_scale=s)
+    res = dynamics.predict(
+        f, params0, (x, y), w, algorithm=algorithm, eta=eta, steps=steps, loss_scale=s
+    )
     a, u, j_bd, f0, theta0 = _weight_space(f, params0, x, y, w, algorithm, eta * s)
     p = theta0.size // q
     for t in (1, 5, steps):
@@ -175,12 +186,14 @@ def test_affine_discrete_prediction_equals_training(algorithm, w_kind):
     }[w_kind]
     steps = None if w_kind == "sequence" else 60
     x_test = np.random.default_rng(5).normal(size=(7, x.shape[-1]))
-    kw = dict(algorithm=algorithm, eta=0.5, steps=steps)
+    kw = {"algorithm": algorithm, "eta": 0.5, "steps": steps}
     pred = dynamics.predict(f, params0, (x, y), w, test_x=x_test, **kw)
     real = dynamics.simulate(f, params0, (x, y), w, test_x=x_test, **kw)
     assert real["loss"][-1].mean() < 0.7 * real["loss"][0].mean()  # it learned something
     assert dynamics.max_relative_error(pred["loss_discrete"], real["loss"]) <= 1e-8
-    np.testing.assert_allclose(pred["test_outputs_discrete"], real["test_outputs"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        pred["test_outputs_discrete"], real["test_outputs"], rtol=0, atol=1e-9
+    )
     flat_real = jax.vmap(lambda p: jax.flatten_util.ravel_pytree(p)[0])(real["params"])
     np.testing.assert_allclose(pred["params_discrete"], flat_real, rtol=0, atol=1e-9)
 
@@ -197,7 +210,7 @@ def test_flow_discrete_gap_is_first_order_in_eta():
     # Same horizon η·T = 20, so the loss decays equally; only the discretization error changes.
     gaps = [_flow_gap(eta) for eta in (0.2, 0.1, 0.05)]
     assert gaps[0] < 0.05
-    for coarse, fine in zip(gaps, gaps[1:]):
+    for coarse, fine in itertools.pairwise(gaps):
         assert 0.4 < fine / coarse < 0.6, gaps
 
 
@@ -206,15 +219,20 @@ def _moons(q, d, seed=0):
     return x.reshape(q, d, 2), y.reshape(q, d).astype(np.float64)
 
 
-@pytest.mark.parametrize("graph", ["ring", "star", "complete"])
-def test_width256_moons_prediction_tracks_training(graph):
-    q, d = 8, 200
-    x, y = _moons(q, d)
+@pytest.fixture(scope="module")
+def moons_width256():
+    """Q = 8, D = 200 two-moons and the width-256 network, linearized once for all graphs."""
+    x, y = _moons(8, 200)
     f, params0 = _mlp(256, 2, 1)
-    w = topology.metropolis_hastings(getattr(topology, graph)(q))
-    lin = dynamics.linearize(f, params0, x)
+    return f, params0, x, y, dynamics.linearize(f, params0, x)
+
+
+@pytest.mark.parametrize("graph", ["ring", "star", "complete"])
+def test_width256_moons_prediction_tracks_training(graph, moons_width256):
+    f, params0, x, y, lin = moons_width256
+    w = topology.metropolis_hastings(getattr(topology, graph)(x.shape[0]))
     for algorithm in ALGORITHMS:
-        kw = dict(algorithm=algorithm, eta=0.1, steps=200)
+        kw = {"algorithm": algorithm, "eta": 0.1, "steps": 200}
         pred = dynamics.predict_linearized(lin, y, w, **kw)
         real = dynamics.simulate(f, params0, (x, y), w, **kw)["loss"]
         # η = 0.1 (not the seed's 1e-4) so the loss halves and a constant guess would fail.
@@ -227,7 +245,7 @@ def test_equinox_module_via_partition():
     # An affine Equinox module (linear in its parameters), so the prediction must be exact.
     model = eqx.nn.Linear(3, 2, dtype=jnp.float64, key=jax.random.PRNGKey(0))
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    f = lambda p, xi: eqx.combine(p, static)(xi)  # noqa: E731
+    f = lambda p, xi: eqx.combine(p, static)(xi)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(4, 6, 3)), rng.normal(size=(4, 6, 2))
     w = topology.metropolis_hastings(topology.star(4))
@@ -243,19 +261,25 @@ def test_equinox_module_via_partition():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(algorithm="gossip"), "algorithm='gossip'"),
-        (dict(eta=-1.0), "eta=-1.0"),
-        (dict(w=np.eye(3)), r"w has shape \(3, 3\)"),
-        (dict(w=np.full((4, 4), 0.5)), "w: the mixing matrix must be"),
-        (dict(w=np.stack([np.eye(4)] * 3), steps=5), "steps=5 but w holds 3"),
-        (dict(steps=None), "steps is required"),
-        (dict(y=np.zeros((4, 5))), r"y has shape \(4, 5\)"),
+        ({"algorithm": "gossip"}, "algorithm='gossip'"),
+        ({"eta": -1.0}, "eta=-1.0"),
+        ({"w": np.eye(3)}, r"w has shape \(3, 3\)"),
+        ({"w": np.full((4, 4), 0.5)}, "w: the mixing matrix must be"),
+        ({"w": np.stack([np.eye(4)] * 3), "steps": 5}, "steps=5 but w holds 3"),
+        ({"steps": None}, "steps is required"),
+        ({"y": np.zeros((4, 5))}, r"y has shape \(4, 5\)"),
     ],
 )
 def test_errors_name_the_bad_value(kwargs, match):
     f, params0 = _affine(3)
     x = np.ones((4, 6, 3))
-    args = dict(algorithm="dgd", eta=0.1, steps=5, w=np.full((4, 4), 0.25), y=np.zeros((4, 6)))
+    args = {
+        "algorithm": "dgd",
+        "eta": 0.1,
+        "steps": 5,
+        "w": np.full((4, 4), 0.25),
+        "y": np.zeros((4, 6)),
+    }
     args.update(kwargs)
     w, y = args.pop("w"), args.pop("y")
     with pytest.raises(ValueError, match=match):

@@ -145,15 +145,23 @@ def linearize(
         params0 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=jnp.float64), params0)
         flat0, unravel = jax.flatten_util.ravel_pytree(params0)
         outputs, jacobian = _jacobian_fns(model_fn, unravel)
-        out_shape = tuple(jax.eval_shape(model_fn, params0, jnp.asarray(x[0, 0], jnp.float64)).shape)
-        f0, jac = _outputs_and_jacobian(outputs, jacobian, flat0, x.reshape(q * d, *x.shape[2:]), chunk)
+        out_shape = tuple(
+            jax.eval_shape(model_fn, params0, jnp.asarray(x[0, 0], jnp.float64)).shape
+        )
+        f0, jac = _outputs_and_jacobian(
+            outputs, jacobian, flat0, x.reshape(q * d, *x.shape[2:]), chunk
+        )
         lam, vec = _kept_spectrum(jac @ jac.T, rank_rtol)
         basis = jac.T @ (vec / np.sqrt(lam))
         f0_test = c_test = None
         if x_test is not None:
-            f0_test, jac_test = _outputs_and_jacobian(outputs, jacobian, flat0, np.asarray(x_test), chunk)
+            f0_test, jac_test = _outputs_and_jacobian(
+                outputs, jacobian, flat0, np.asarray(x_test), chunk
+            )
             c_test = jac_test @ basis
-    logging.debug("linearize: Q=%d D=%d P=%d, rank r=%d of %d", q, d, jac.shape[1], lam.size, jac.shape[0])
+    logging.debug(
+        "linearize: Q=%d D=%d P=%d, rank r=%d of %d", q, d, jac.shape[1], lam.size, jac.shape[0]
+    )
     return Linearization(
         f0=f0.reshape(q, -1),
         c_blocks=(vec * np.sqrt(lam)).reshape(q, -1, lam.size),

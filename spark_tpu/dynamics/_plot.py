@@ -13,7 +13,9 @@ def max_relative_error(predicted: np.ndarray, observed: np.ndarray) -> float:
     return float(np.max(np.abs(predicted - observed) / np.abs(observed)))
 
 
-def draw_prediction(ax, result: dict[str, Any], observed: np.ndarray | None = None, title: str = "") -> None:
+def draw_prediction(
+    ax, result: dict[str, Any], observed: np.ndarray | None = None, title: str = ""
+) -> None:
     """Draws one setting onto a matplotlib axis (flow dashed, discrete dotted, observed solid)."""
     colors = [f"C{i % 10}" for i in range(result["loss_discrete"].shape[1])]
     t = result["iterations"]
@@ -21,10 +23,22 @@ def draw_prediction(ax, result: dict[str, Any], observed: np.ndarray | None = No
         if observed is not None:
             ax.plot(t, observed[:, q], color=color, lw=1.6, label="observed" if q == 0 else None)
         if "loss_flow" in result:
-            ax.plot(t, result["loss_flow"][:, q], "--", color=color, lw=1.2,
-                    label="predicted (flow, eq. 14)" if q == 0 else None)
-        ax.plot(t, result["loss_discrete"][:, q], ":", color=color, lw=1.2,
-                label="predicted (discrete, eq. 7)" if q == 0 else None)
+            ax.plot(
+                t,
+                result["loss_flow"][:, q],
+                "--",
+                color=color,
+                lw=1.2,
+                label="predicted (flow, eq. 14)" if q == 0 else None,
+            )
+        ax.plot(
+            t,
+            result["loss_discrete"][:, q],
+            ":",
+            color=color,
+            lw=1.2,
+            label="predicted (discrete, eq. 7)" if q == 0 else None,
+        )
     ax.set_xlabel("iteration")
     ax.set_ylabel("local MSE loss (1/2D)‖f − y‖²")
     ax.set_title(title or f"{result['algorithm'].upper()}, η = {result['eta']:g}")

@@ -33,7 +33,9 @@ BAD_W_SHAPE = (
     "w has shape {shape}; expected [{q}, {q}] (static) or [steps, {q}, {q}] (one W per iteration) "
     "for {q} clients."
 )
-BAD_STEPS = "steps={steps} but w holds {given} mixing matrices; give one W per iteration or omit steps."
+BAD_STEPS = (
+    "steps={steps} but w holds {given} mixing matrices; give one W per iteration or omit steps."
+)
 NO_STEPS = "steps is required with a static w; got None."
 BAD_Y = "y has shape {shape}; expected [{q}, {d}, ...] matching f's output shape {out} per example."
 
@@ -131,7 +133,12 @@ def predict_linearized(
         zf = solve_flow(gram, g0, w_seq[0], algorithm, eta * c, len(w_seq)).reshape(-1, q, lin.rank)
         result.update(_readout(lin, zf, y, d, "flow"))
     logging.debug(
-        "predict: %s, Q=%d, r=%d, %d steps, flow=%s", algorithm, q, lin.rank, len(w_seq), flow and static
+        "predict: %s, Q=%d, r=%d, %d steps, flow=%s",
+        algorithm,
+        q,
+        lin.rank,
+        len(w_seq),
+        flow and static,
     )
     return result
 

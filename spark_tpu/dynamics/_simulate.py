@@ -27,13 +27,20 @@ def _axpy(alpha: float, xs, ys):
     return jax.tree_util.tree_map(lambda a, b: a + alpha * b, xs, ys)
 
 
-def _updates(grad):
-    """η-free update rules of seed eqs. 4, 5, 6 as functions (params, w, eta) -> params."""
-    return {
-        "dgd": lambda p, w, eta: _axpy(-eta, _mix(w, p), grad(p)),
-        "atc": lambda p, w, eta: _mix(w, _axpy(-eta, p, grad(p))),
-        "cta": lambda p, w, eta: (lambda psi: _axpy(-eta, psi, grad(psi)))(_mix(w, p)),
-    }
+def _dgd(p, w, eta, grad):
+    return _axpy(-eta, _mix(w, p), grad(p))
+
+
+def _atc(p, w, eta, grad):
+    return _mix(w, _axpy(-eta, p, grad(p)))
+
+
+def _cta(p, w, eta, grad):
+    psi = _mix(w, p)
+    return _axpy(-eta, psi, grad(psi))
+
+
+UPDATES = {"dgd": _dgd, "atc": _atc, "cta": _cta}  # seed eqs. 4, 5, 6
 
 
 def _client_fns(model_fn: ModelFn, x, y, scale: float):
@@ -49,8 +56,8 @@ def _client_fns(model_fn: ModelFn, x, y, scale: float):
     def report(p, xq, yq):
         return 0.5 / d * jnp.sum(residual(p, xq, yq) ** 2)
 
-    grad = lambda ps: jax.vmap(jax.grad(objective))(ps, x, y)  # noqa: E731
-    loss = lambda ps: jax.vmap(report)(ps, x, y)  # noqa: E731
+    grad = lambda ps: jax.vmap(jax.grad(objective))(ps, x, y)
+    loss = lambda ps: jax.vmap(report)(ps, x, y)
     return grad, loss
 
 
@@ -86,10 +93,10 @@ def simulate(
     w_seq, _ = mixing_sequence(w, q, steps)
     scale = 1.0 / d if loss_scale is None else float(loss_scale)
     with jax.enable_x64(True):
-        stack = lambda a: jnp.broadcast_to(jnp.asarray(a, jnp.float64), (q, *jnp.shape(a)))  # noqa: E731
+        stack = lambda a: jnp.broadcast_to(jnp.asarray(a, jnp.float64), (q, *jnp.shape(a)))
         params = jax.tree_util.tree_map(stack, params0)
         grad, loss = _client_fns(model_fn, jnp.asarray(x), jnp.asarray(y), scale)
-        update = _updates(grad)[algorithm]
+        update = UPDATES[algorithm]
         xt = None if test_x is None else jnp.asarray(test_x, jnp.float64)
 
         def observe(ps):
@@ -99,7 +106,7 @@ def simulate(
             return loss(ps), outs
 
         def body(ps, wk):
-            return update(ps, wk, eta), observe(ps)
+            return update(ps, wk, eta, grad), observe(ps)
 
         @jax.jit
         def run(ps, ws):
