@@ -11,8 +11,10 @@ The result is an ordinary tfds dataset folder that `tfds.data_source` reads.
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
+import pathlib
 import types
 import urllib.parse
 import zipfile
@@ -186,13 +188,17 @@ def png_builder(base: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
 def _registered_url_infos(base_cls) -> dict[str, Any] | None:
     """tfds' registered download checksums of ``base_cls`` (verified when downloading).
 
-    Read from tfds' own ``url_checksums/<name>.txt`` where it exists: ``base_cls.url_infos`` needs
-    the optional ``importlib_resources`` package to locate a builder's source folder.
+    Looked up where tfds keeps them (``url_checksums/<name>.txt`` for legacy builders,
+    ``checksums.tsv`` beside the builder's source otherwise) without ``base_cls.url_infos``, which
+    needs the optional ``importlib_resources`` package to locate the source folder.
     """
-    legacy = tfds.core.utils.tfds_path() / "url_checksums" / f"{base_cls.name}.txt"
-    if legacy.exists():
-        return tfds.core.download.checksums.load_url_infos(legacy)
-    return base_cls.url_infos
+    for path in (
+        tfds.core.utils.tfds_path() / "url_checksums" / f"{base_cls.name}.txt",
+        pathlib.Path(inspect.getfile(base_cls)).parent / "checksums.tsv",
+    ):
+        if path.exists():
+            return tfds.core.download.checksums.load_url_infos(path)
+    return None
 
 
 def _subclass(base: tfds.core.DatasetBuilder, methods: dict[str, Any]) -> tfds.core.DatasetBuilder:

@@ -15,7 +15,6 @@ any exception, so an interrupted prepare leaves no half-written cache.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import shutil
@@ -83,10 +82,6 @@ def missing_message(name: str, data_dir: str, looked: list[str] | None = None) -
         lines.append(f"  {prepare_command(name, data_dir, '/path/to/idx_files')}")
     lines.append(f"With a network (tfds downloads it): {prepare_command(name, data_dir)}")
     return "\n".join(lines)
-
-
-def _have_tensorflow() -> bool:
-    return importlib.util.find_spec("tensorflow") is not None
 
 
 def _local_idx_files(name: str, idx_dir: str | None, looked: list[str]):
@@ -174,7 +169,7 @@ def prepare_dataset(
     elif not download:
         raise DatasetNotFoundError(missing_message(name, data_dir))
     else:
-        builder = base if _have_tensorflow() else png_builder(base)
+        builder = png_builder(base)
     _run_builder(builder, name, data_dir, looked)
     return pathlib.Path(base.data_dir)
 
