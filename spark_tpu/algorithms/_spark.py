@@ -90,8 +90,9 @@ def spark(
             new = jax.tree.map(lambda w, v: w + hp["mu"] * v, new, buf)
         velocity = jax.tree.map(jnp.subtract, new, averaged)
         metrics = {
-            "train_loss": info.initial_loss, "tau": info.tau, "lam": hp["lam"] + 0 * info.tau,
-            "mu": hp["mu"] + 0 * info.tau,
+            "train_loss": info.initial_loss, "tau": info.tau,
+            "lam": jnp.broadcast_to(hp["lam"], info.tau.shape),
+            "mu": jnp.broadcast_to(hp["mu"], info.tau.shape),
             "bytes_sent": _bytes(ctx, state.params, num_classes, hp, opts),
         }
         return SparkState(new, velocity), metrics
