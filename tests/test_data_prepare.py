@@ -152,6 +152,35 @@ def test_interrupted_prepare_leaves_no_cache(tmp_path, idx_dir, monkeypatch):
     )
 
 
+def test_concurrent_prepare_of_the_same_cache(tmp_path, idx_dir, monkeypatch):
+    """Another process finishes the same cache while this one is writing: both succeed."""
+    make_idx_dir(idx_dir)
+    cache = tmp_path / "cache"
+    save = PILImage.Image.save
+    calls = []
+
+    def save_and_race(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            command = [
+                sys.executable,
+                "-m",
+                "spark_tpu.data.prepare",
+                f"--data_dir={cache}",
+                f"--idx_dir={idx_dir}",
+            ]
+            subprocess.run(command, capture_output=True, timeout=120, check=True)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(PILImage.Image, "save", save_and_race)
+    folder = prepare_dataset("fashion_mnist", data_dir=cache, idx_dir=idx_dir)
+    monkeypatch.undo()
+    assert len(calls) == NUM_TRAIN + NUM_TEST and sorted(
+        p.name for p in folder.parent.iterdir()
+    ) == ["3.0.1"]
+    assert load_dataset("fashion_mnist", data_dir=cache, prepare=False).train_y.size == NUM_TRAIN
+
+
 @pytest.fixture
 def prepared(tmp_path, idx_dir):
     make_idx_dir(idx_dir)

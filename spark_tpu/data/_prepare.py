@@ -190,3 +190,9 @@ def _run_builder(builder, name: str, data_dir: str, looked: list[str]) -> None:
         raise DatasetNotFoundError(
             f"{missing_message(name, data_dir, looked)}\nThe download failed: {err}"
         ) from err
+    except OSError:
+        # Another process prepared the same cache first, so tfds' final rename found the folder
+        # taken (its own temporary folder is deleted either way).
+        if not (pathlib.Path(builder.data_dir) / "dataset_info.json").exists():
+            raise
+        logging.info("%s was prepared concurrently by another process", name)
