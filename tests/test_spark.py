@@ -1,0 +1,87 @@
+"""SPARK: reduces to NTK-DFL at λ = μ = 0; momentum and the stage schedule do what they say."""
+
+import numpy as np
+import pytest
+
+from spark_tpu import algorithms, simulator
+
+BASE = dict(
+    dataset="digits", clients=8, samples_per_client=16, rounds=3, degree=3, graph_pool=4,
+    local_eval_samples=100, horizons=(4, 8, 16), devices=4, lr=0.05,
+)
+
+
+def _final_params(algorithm, **kw):
+    sim = simulator.Simulation(simulator.Config(algorithm=algorithm, **{**BASE, **kw}))
+    sim.advance(3)
+    return sim
+
+
+def _start(sim):
+    import jax
+
+    return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x)[None], (BASE["clients"],) + x.shape),
+                        sim.setup.params)
+
+
+def _flat(params):
+    import jax
+
+    leaves = jax.tree.leaves(params)
+    return np.concatenate([np.asarray(x)[: BASE["clients"]].reshape(BASE["clients"], -1) for x in leaves], 1)
+
+
+@pytest.mark.parametrize("options", [(), (("momentum", "heavy_ball"),), (("buffer", "gossip"),)])
+def test_spark_with_zero_lambda_and_mu_is_ntk_dfl(options):
+    ntk = _final_params("ntk_dfl")
+    spark = _final_params("spark", spark_stages="0: lam=0, mu=0", spark_options=options)
+    # The same arithmetic (λ = 0 and μ = 0 enter as exact zeros), compiled into a different XLA
+    # program, so only float32 round-off may differ: parameters are O(0.1–1), moved by O(1e-2).
+    np.testing.assert_allclose(_flat(spark.state.params), _flat(ntk.state.params), atol=5e-7, rtol=0)
+    moved = np.abs(_flat(ntk.state.params) - _flat(_start(ntk))).max()
+    assert moved > 1e-3
+
+
+def test_momentum_changes_the_trajectory_and_buffer_is_last_step():
+    plain = _final_params("spark", spark_stages="0: lam=0, mu=0")
+    heavy = _final_params("spark", spark_stages="0: lam=0, mu=0.9")
+    assert not np.allclose(_flat(plain.state.params), _flat(heavy.state.params))
+    assert np.abs(_flat(heavy.state.velocity)).max() > 0
+
+
+def test_schedule_values_and_annealing():
+    s = algorithms.parse_stages("0: lam=0, mu=0; 10: lam=0.5->0.1, T=2, mu=0.9; 20: lam=0.2@cos", 30)
+    at = lambda r: {k: float(v) for k, v in s(r).items()}  # noqa: E731
+    assert at(0) == {"lam": 0.0, "T": 1.0, "mu": 0.0}
+    assert at(10)["lam"] == pytest.approx(0.5) and at(10)["mu"] == pytest.approx(0.9)
+    assert at(15)["lam"] == pytest.approx(0.3)  # linear halfway from 0.5 to 0.1
+    assert at(25) == pytest.approx({"lam": 0.2, "T": 2.0, "mu": 0.9})  # carried over
+    c = algorithms.parse_stages("0: lam=1->0@cos", 10)
+    assert float(c(5)["lam"]) == pytest.approx(0.5)
+    assert float(c(2.5)["lam"]) == pytest.approx(0.5 + 0.5 * np.cos(np.pi * 0.25))
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("5: lam=0.1", "begin at 0"),
+        ("0: lam=0; 0: mu=0.5", "increase"),
+        ("0: lam=1.5", "lam=1.5 is outside"),
+        ("0: mu=1", "mu=1.0 is outside"),
+        ("0: T=0", "T=0.0 is outside"),
+        ("0: gamma=1", "not one of lam=, T=, mu="),
+        ("lam=0.1", "has no 'START:'"),
+        ("0: lam=a", "is not a number"),
+        ("0: lam=0.1->0.2->0.3", "more than one"),
+        ("0: lam=0.1->0.2@exp", "not linear or cos"),
+    ],
+)
+def test_bad_schedules_are_rejected_with_the_flag_named(text, words):
+    with pytest.raises(ValueError, match="--spark_stages") as e:
+        algorithms.parse_stages(text, 30)
+    assert words in str(e.value)
+
+
+def test_unknown_spark_option_names_the_flag():
+    with pytest.raises(ValueError, match="--spark=teacher=nobody"):
+        _final_params("spark", spark_options=(("teacher", "nobody"),))
