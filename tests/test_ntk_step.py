@@ -4,10 +4,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.flatten_util import ravel_pytree
 
 from spark_tpu.models import MLP, NTKMLP
 from spark_tpu.ntk import (
+    batch_map,
     cross_entropy,
     materialized_jacobian,
     mse,
@@ -132,3 +134,24 @@ def test_mse_closed_form_step_and_materialized_kernel_option():
     np.testing.assert_allclose(info.losses, info_ode.losses, rtol=1e-6)
     np.testing.assert_allclose(exact.layers[0].weight, ode.layers[0].weight, rtol=1e-6)
     assert trace_kernel(model, x, mask).shape == (10, 10)
+
+
+def test_batch_map_strategies_agree():
+    x, y, mask = _problem(n=6, seed=4)
+    keys = jax.random.split(jax.random.key(4), 2)
+    stacked = eqx.filter_vmap(
+        lambda k: MLP((6,), hidden=(4,), num_classes=3, key=k, dtype=F64)
+    )(keys)
+    xs = jnp.stack([x, 0.5 * x])
+
+    def step(m, xq):
+        return ntk_evolution_step(m, xq, cross_entropy(y, mask), mask, eta=1.0, horizons=(3,))[1]
+
+    outs = [
+        jax.jit(lambda m, xx, s=s: batch_map(step, m, xx, strategy=s))(stacked, xs)
+        for s in ("vmap", "map", "auto")
+    ]
+    for out in outs[1:]:
+        np.testing.assert_allclose(out.losses, outs[0].losses, rtol=1e-12)
+    with pytest.raises(ValueError, match="Unknown strategy"):
+        batch_map(step, stacked, xs, strategy="pmap")

@@ -1,5 +1,6 @@
 """Jacobian-free NTK machinery: kernels, weight steps, the function-space solver (DESIGN layer 4)."""
 
+from ._batching import batch_map as batch_map
 from ._closed_form import evolve_mse_closed_form as evolve_mse_closed_form
 from ._kernel import materialized_jacobian as materialized_jacobian
 from ._kernel import trace_kernel as trace_kernel
