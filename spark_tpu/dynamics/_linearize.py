@@ -19,6 +19,7 @@ on the data, so there is nothing for a JIT to reuse).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -71,23 +72,30 @@ class Linearization(NamedTuple):
         return int(self.eigenvalues.shape[0])
 
 
-def _jacobian_fns(model_fn: ModelFn, unravel: Callable[[Any], Any]):
-    def f_flat(flat, xi):
-        return jnp.reshape(model_fn(unravel(flat), xi), (-1,))
+@functools.partial(jax.jit, static_argnums=0)
+def _outputs_and_jacobian_batch(model_fn: ModelFn, params: Any, xb: jax.Array):
+    """f on a batch ``[B·M]`` and its Jacobian ``[B·M, P]``, columns in ``ravel_pytree`` order."""
 
-    outputs = jax.jit(jax.vmap(f_flat, in_axes=(None, 0)))
-    jacobian = jax.jit(jax.vmap(jax.jacrev(f_flat), in_axes=(None, 0)))
-    return outputs, jacobian
+    def f_vec(p, xi):
+        return jnp.reshape(model_fn(p, xi), (-1,))
+
+    outs = jax.vmap(f_vec, in_axes=(None, 0))(params, xb)
+    jac = jax.vmap(jax.jacrev(f_vec), in_axes=(None, 0))(params, xb)
+    leaves = [a.reshape(*outs.shape, -1) for a in jax.tree_util.tree_leaves(jac)]
+    return outs.reshape(-1), jnp.concatenate(leaves, axis=-1).reshape(outs.size, -1)
 
 
-def _outputs_and_jacobian(outputs, jacobian, flat0, x, chunk: int):
-    """f(x_i; θ_0) stacked ``[N·M]`` and the Jacobian ``[N·M, P]``, ``chunk`` examples at a time."""
+def _outputs_and_jacobian(model_fn: ModelFn, params, x, chunk: int):
+    """f(x_i; θ_0) stacked ``[N·M]`` and the Jacobian ``[N·M, P]``, ``chunk`` examples at a time.
+
+    Compiled once per (model_fn, shapes): reuse the same ``model_fn`` object to hit the cache.
+    """
     fs, js = [], []
     for start in range(0, x.shape[0], chunk):
         xb = jnp.asarray(x[start : start + chunk], dtype=jnp.float64)
-        fs.append(np.asarray(outputs(flat0, xb), dtype=np.float64).reshape(-1))
-        jb = np.asarray(jacobian(flat0, xb), dtype=np.float64)
-        js.append(jb.reshape(-1, jb.shape[-1]))
+        fb, jb = _outputs_and_jacobian_batch(model_fn, params, xb)
+        fs.append(np.asarray(fb, dtype=np.float64))
+        js.append(np.asarray(jb, dtype=np.float64))
     return np.concatenate(fs), np.concatenate(js, axis=0)
 
 
@@ -144,20 +152,15 @@ def linearize(
     with jax.enable_x64(True):
         params0 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=jnp.float64), params0)
         flat0, unravel = jax.flatten_util.ravel_pytree(params0)
-        outputs, jacobian = _jacobian_fns(model_fn, unravel)
         out_shape = tuple(
             jax.eval_shape(model_fn, params0, jnp.asarray(x[0, 0], jnp.float64)).shape
         )
-        f0, jac = _outputs_and_jacobian(
-            outputs, jacobian, flat0, x.reshape(q * d, *x.shape[2:]), chunk
-        )
+        f0, jac = _outputs_and_jacobian(model_fn, params0, x.reshape(q * d, *x.shape[2:]), chunk)
         lam, vec = _kept_spectrum(jac @ jac.T, rank_rtol)
         basis = jac.T @ (vec / np.sqrt(lam))
         f0_test = c_test = None
         if x_test is not None:
-            f0_test, jac_test = _outputs_and_jacobian(
-                outputs, jacobian, flat0, np.asarray(x_test), chunk
-            )
+            f0_test, jac_test = _outputs_and_jacobian(model_fn, params0, np.asarray(x_test), chunk)
             c_test = jac_test @ basis
     logging.debug(
         "linearize: Q=%d D=%d P=%d, rank r=%d of %d", q, d, jac.shape[1], lam.size, jac.shape[0]

@@ -14,35 +14,35 @@ def max_relative_error(predicted: np.ndarray, observed: np.ndarray) -> float:
 
 
 def draw_prediction(
-    ax, result: dict[str, Any], observed: np.ndarray | None = None, title: str = ""
+    ax,
+    result: dict[str, Any],
+    observed: np.ndarray | None = None,
+    title: str = "",
+    legend: bool = True,
 ) -> None:
-    """Draws one setting onto a matplotlib axis (flow dashed, discrete dotted, observed solid)."""
-    colors = [f"C{i % 10}" for i in range(result["loss_discrete"].shape[1])]
+    """Draws one setting onto a matplotlib axis: per agent (one colour each) the observed loss
+    solid, the flow prediction (eq. 14) dashed, the discrete prediction (eq. 7) dotted."""
     t = result["iterations"]
-    for q, color in enumerate(colors):
-        if observed is not None:
-            ax.plot(t, observed[:, q], color=color, lw=1.6, label="observed" if q == 0 else None)
-        if "loss_flow" in result:
-            ax.plot(
-                t,
-                result["loss_flow"][:, q],
-                "--",
-                color=color,
-                lw=1.2,
-                label="predicted (flow, eq. 14)" if q == 0 else None,
-            )
-        ax.plot(
-            t,
-            result["loss_discrete"][:, q],
-            ":",
-            color=color,
-            lw=1.2,
-            label="predicted (discrete, eq. 7)" if q == 0 else None,
-        )
+    styles = [("-", 1.6, observed, "observed")]
+    if "loss_flow" in result:
+        styles.append(("--", 1.2, result["loss_flow"], "predicted (flow, eq. 14)"))
+    styles.append((":", 1.2, result["loss_discrete"], "predicted (discrete, eq. 7)"))
+    for q in range(result["loss_discrete"].shape[1]):
+        for style, width, curves, label in styles:
+            if curves is not None:
+                ax.plot(
+                    t,
+                    curves[:, q],
+                    style,
+                    color=f"C{q % 10}",
+                    lw=width,
+                    label=label if q == 0 else None,
+                )
     ax.set_xlabel("iteration")
     ax.set_ylabel("local MSE loss (1/2D)‖f − y‖²")
     ax.set_title(title or f"{result['algorithm'].upper()}, η = {result['eta']:g}")
-    ax.legend(fontsize=7)
+    if legend:
+        ax.legend(fontsize=7)
 
 
 def plot_prediction(
