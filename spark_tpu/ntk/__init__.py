@@ -9,9 +9,14 @@ from ._objective import Objective as Objective
 from ._objective import cross_entropy as cross_entropy
 from ._objective import mse as mse
 from ._objective import soft_label_regularized as soft_label_regularized
+from ._projection import back_project as back_project
+from ._projection import kernel_from_projection as kernel_from_projection
+from ._projection import layer_projections as layer_projections
+from ._projection import project_jacobian as project_jacobian
+from ._projection import projected_trace_kernel as projected_trace_kernel
 from ._schedule import lr_schedule as lr_schedule
-from ._solver import TABLEAUX as TABLEAUX
 from ._solver import FunctionSpaceSolution as FunctionSpaceSolution
+from ._solver import TABLEAUX as TABLEAUX
 from ._solver import Tableau as Tableau
 from ._solver import solve_function_space as solve_function_space
 from ._step import StepInfo as StepInfo
