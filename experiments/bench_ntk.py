@@ -14,6 +14,8 @@ best of --repeats):
 - B clients at once: ``jax.lax.map`` over clients (each kernel stays hot while it steps) vs
   ``jax.vmap`` (batched products), for the default solver;
 - with --many_clients, the solvers vmapped over that many clients (the accelerator setting);
+- with --projection_ks, the relative error of the projected trace kernel (mean of 3 seeds) and
+  its time, per kind, at --materialized_n samples;
 - one whole `ntk_evolution_step` at N.
 
 Writes experiments/results/bench_ntk.json (or --out).
@@ -38,6 +40,12 @@ _STEPS = flags.DEFINE_integer("steps", 800, "Grid steps max(T).")
 _CLIENTS = flags.DEFINE_integer("clients", 4, "Clients for the map-vs-vmap comparison.")
 _MANY = flags.DEFINE_integer(
     "many_clients", 0, "If > 0, also time the default solver vmapped over this many clients."
+)
+_BATCHES = flags.DEFINE_list(
+    "many_batch_sizes", [], "With --many_clients: also lax.map(batch_size=b) over the clients."
+)
+_PROJ_KS = flags.DEFINE_list(
+    "projection_ks", [], "Also measure projected-kernel error vs k (gaussian, kronecker)."
 )
 _MAT_N = flags.DEFINE_integer("materialized_n", 200, "Samples for the materialized kernel.")
 _SOLVERS = flags.DEFINE_list("solvers", ["euler", "bosh3", "rk4"], "Solvers to time.")
@@ -104,9 +112,29 @@ def main(argv):
         kernels, f0s = jnp.broadcast_to(kernel, (many, n, n)), jnp.broadcast_to(f0, (many, n, 10))
         results["many_clients"] = many
         results["rk4_vmap_many_per_client_s"] = _time(jax.jit(jax.vmap(solve)), kernels, f0s) / many
+        for size in _BATCHES.value:
+            chunked = jax.jit(
+                lambda k, f, size=int(size): jax.lax.map(
+                    lambda a: solve(*a), (k, f), batch_size=size
+                )
+            )
+            results[f"rk4_map_batch{size}_per_client_s"] = _time(chunked, kernels, f0s) / many
         results["euler_vmap_many_per_client_s"] = _time(
             jax.jit(jax.vmap(_solver_fn(y, horizons, "euler"))), kernels, f0s
         ) / many
+
+    for k in (int(v) for v in _PROJ_KS.value):
+        xm = x[:m]
+        exact = ntk.trace_kernel(model, xm)
+        for kind in ("gaussian", "kronecker"):
+            fn = jax.jit(lambda seed, k=k, kind=kind: ntk.projected_trace_kernel(
+                model, xm, k=k, seed=seed, kind=kind))  # fmt: skip
+            errors = [
+                float(jnp.linalg.norm(fn(jax.random.key(s)) - exact) / jnp.linalg.norm(exact))
+                for s in range(3)
+            ]
+            results[f"projection_{kind}_k{k}_rel_error"] = float(np.mean(errors))
+            results[f"projection_{kind}_k{k}_s"] = _time(fn, jax.random.key(0))
 
     step = jax.jit(
         lambda mdl: ntk.ntk_evolution_step(
