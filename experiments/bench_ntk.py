@@ -23,6 +23,7 @@ Writes experiments/results/bench_ntk.json (or --out).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -91,7 +92,9 @@ def main(argv):
     f0 = jax.vmap(model)(x)
     results["kernel_structured_s"] = _time(jax.jit(ntk.trace_kernel), model, x)
     m = min(_MAT_N.value, n)
-    results["kernel_structured_s_at_materialized_n"] = _time(jax.jit(ntk.trace_kernel), model, x[:m])
+    results["kernel_structured_s_at_materialized_n"] = _time(
+        jax.jit(ntk.trace_kernel), model, x[:m]
+    )
     results["kernel_materialized_s"] = _time(jax.jit(ntk.trace_kernel_materialized), model, x[:m])
     results["materialized_n"] = m
 
@@ -102,9 +105,9 @@ def main(argv):
     kernels, f0s = jnp.stack([kernel] * b), jnp.stack([f0] * b)
     solve = _solver_fn(y, horizons, "rk4")
     results["clients"] = b
-    results["rk4_lax_map_per_client_s"] = _time(
-        jax.jit(lambda k, f: jax.lax.map(lambda a: solve(*a), (k, f))), kernels, f0s
-    ) / b
+    results["rk4_lax_map_per_client_s"] = (
+        _time(jax.jit(lambda k, f: jax.lax.map(lambda a: solve(*a), (k, f))), kernels, f0s) / b
+    )
     results["rk4_vmap_per_client_s"] = _time(jax.jit(jax.vmap(solve)), kernels, f0s) / b
 
     if _MANY.value:
@@ -119,16 +122,19 @@ def main(argv):
                 )
             )
             results[f"rk4_map_batch{size}_per_client_s"] = _time(chunked, kernels, f0s) / many
-        results["euler_vmap_many_per_client_s"] = _time(
-            jax.jit(jax.vmap(_solver_fn(y, horizons, "euler"))), kernels, f0s
-        ) / many
+        results["euler_vmap_many_per_client_s"] = (
+            _time(jax.jit(jax.vmap(_solver_fn(y, horizons, "euler"))), kernels, f0s) / many
+        )
 
     for k in (int(v) for v in _PROJ_KS.value):
-        xm = x[:m]
-        exact = ntk.trace_kernel(model, xm)
+        exact = ntk.trace_kernel(model, x[:m])
         for kind in ("gaussian", "kronecker"):
-            fn = jax.jit(lambda seed, k=k, kind=kind: ntk.projected_trace_kernel(
-                model, xm, k=k, seed=seed, kind=kind))  # fmt: skip
+            fn = jax.jit(
+                lambda seed, xm, k=k, kind=kind: ntk.projected_trace_kernel(
+                    model, xm, k=k, seed=seed, kind=kind
+                )
+            )
+            fn = functools.partial(fn, xm=x[:m])
             errors = [
                 float(jnp.linalg.norm(fn(jax.random.key(s)) - exact) / jnp.linalg.norm(exact))
                 for s in range(3)
@@ -137,9 +143,11 @@ def main(argv):
             results[f"projection_{kind}_k{k}_s"] = _time(fn, jax.random.key(0))
 
     step = jax.jit(
-        lambda mdl: ntk.ntk_evolution_step(
-            mdl, x, ntk.cross_entropy(y), eta=jnp.float32(0.01), horizons=horizons
-        )[1].tau
+        lambda mdl: (
+            ntk.ntk_evolution_step(
+                mdl, x, ntk.cross_entropy(y), eta=jnp.float32(0.01), horizons=horizons
+            )[1].tau
+        )
     )
     results["step_rk4_s"] = _time(step, model)
     for key, value in results.items():

@@ -88,7 +88,7 @@ def test_stacked_models_vmap_over_clients():
         out = eqx.filter_vmap(lambda m, xs: jax.vmap(m)(xs))(stacked, x)
         assert out.shape == (4, 5, 3)
         params, static = eqx.partition(stacked, eqx.is_array)
-        again = jax.vmap(lambda p, xs: jax.vmap(eqx.combine(p, static))(xs))(params, x)
+        again = jax.vmap(lambda p, xs, s=static: jax.vmap(eqx.combine(p, s))(xs))(params, x)
         np.testing.assert_array_equal(out, again)
         one = build(keys[2])
         np.testing.assert_allclose(out[2], jax.vmap(one)(x[2]), rtol=1e-6)

@@ -55,9 +55,7 @@ def _dense_matrix(factors):
 def test_projection_equals_explicit_j_times_p(name, kind):
     model = _models()[name]
     x = jax.random.normal(jax.random.key(2), (5, *model.input_shape), F64)
-    projected = jax.jit(
-        lambda m, xx: project_jacobian(m, xx, k=12, seed=7, kind=kind)
-    )(model, x)
+    projected = jax.jit(lambda m, xx: project_jacobian(m, xx, k=12, seed=7, kind=kind))(model, x)
     mats = layer_projections(model, k=12, seed=7, kind=kind)
     for jp, jac, factors in zip(projected, _layer_matrices(model, x), mats):
         p = _dense_matrix(factors)
@@ -98,7 +96,7 @@ def test_projected_kernel_and_back_projection_are_unbiased(kind):
         return projected_trace_kernel(model, x, mask, k=8, seed=key, kind=kind), flat
 
     kernels, backs = jax.vmap(draw)(jax.random.split(jax.random.key(6), 4000))
-    rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))  # noqa: E731
+    rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
     single, mean = rel(kernels[0], exact), rel(kernels.mean(0), exact)
     assert mean < 0.05 and mean < single / 5  # error shrinks like 1/sqrt(draws)
     assert rel(backs.mean(0), exact_jtr) < 0.1 < rel(backs[0], exact_jtr)

@@ -77,7 +77,7 @@ def test_euler_step_of_linear_model_is_gradient_descent():
     new, info = ntk_evolution_step(
         model, x, objective, mask, eta=eta, horizons=(tau,), solver="euler"
     )
-    loss = lambda m: objective.loss(jax.vmap(m)(x))  # noqa: E731
+    loss = lambda m: objective.loss(jax.vmap(m)(x))
 
     @eqx.filter_jit
     def gradient_descent(w):
@@ -99,7 +99,7 @@ def test_euler_step_of_linear_model_is_gradient_descent():
 def test_step_vmaps_over_stacked_clients_with_traced_eta():
     x, y, mask = _problem(n=8, seed=2)
     keys = jax.random.split(jax.random.key(2), 3)
-    build = lambda k: NTKMLP((6,), 16, 3, key=k, activation="sigmoid", dtype=F64)  # noqa: E731
+    build = lambda k: NTKMLP((6,), 16, 3, key=k, activation="sigmoid", dtype=F64)
     stacked = eqx.filter_vmap(build)(keys)
     xs = jnp.stack([x, -x, 2 * x])
     masks = jnp.stack([mask, mask, jnp.ones_like(mask)])
@@ -122,7 +122,7 @@ def test_mse_closed_form_step_and_materialized_kernel_option():
     x, y, mask = _problem(seed=3)
     model = MLP((6,), hidden=(5,), num_classes=3, key=jax.random.key(3), dtype=F64)
     objective = mse(y, mask)
-    kwargs = dict(eta=0.3, horizons=(4, 12))
+    kwargs = {"eta": 0.3, "horizons": (4, 12)}
     exact, info = jax.jit(
         lambda m: ntk_evolution_step(m, x, objective, mask, solver="mse_closed_form", **kwargs)
     )(model)
@@ -139,9 +139,9 @@ def test_mse_closed_form_step_and_materialized_kernel_option():
 def test_batch_map_strategies_agree():
     x, y, mask = _problem(n=6, seed=4)
     keys = jax.random.split(jax.random.key(4), 2)
-    stacked = eqx.filter_vmap(
-        lambda k: MLP((6,), hidden=(4,), num_classes=3, key=k, dtype=F64)
-    )(keys)
+    stacked = eqx.filter_vmap(lambda k: MLP((6,), hidden=(4,), num_classes=3, key=k, dtype=F64))(
+        keys
+    )
     xs = jnp.stack([x, 0.5 * x])
 
     def step(m, xq):

@@ -22,7 +22,7 @@ PRECISION = jax.lax.Precision.HIGHEST
 
 def kaiming_normal(
     key: PRNGKeyArray, shape: tuple[int, ...], fan_in: int, dtype: DTypeLike
-) -> Float[Array, "..."]:
+) -> Float[Array, "*shape"]:
     """Kaiming-normal (He) initialization: entries ~ N(0, 2 / fan_in) (SPEC 5)."""
     std = math.sqrt(2.0 / fan_in)
     return std * jax.random.normal(key, shape, dtype)

@@ -18,7 +18,9 @@ def _widths(input_shape: Sequence[int], hidden: int | Sequence[int], num_classes
     hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
     widths = [math.prod(input_shape), *hidden, num_classes]
     if any(int(w) < 1 for w in widths):
-        raise ValueError(f"Layer widths must be positive; got {widths} (input, hidden..., classes).")
+        raise ValueError(
+            f"Layer widths must be positive; got {widths} (input, hidden..., classes)."
+        )
     return [int(w) for w in widths]
 
 

@@ -39,7 +39,9 @@ def get_activation(name: str) -> Callable[[Array], Array]:
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ValueError(_UNKNOWN_ACTIVATION.format(name=name, choices=sorted(ACTIVATIONS))) from None
+        raise ValueError(
+            _UNKNOWN_ACTIVATION.format(name=name, choices=sorted(ACTIVATIONS))
+        ) from None
 
 
 class AbstractSequential(eqx.Module):

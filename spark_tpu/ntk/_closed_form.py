@@ -73,6 +73,4 @@ def evolve_mse_closed_form(
     mask = jnp.ones(f0.shape[:1], bool) if mask is None else mask
     u0 = jnp.where(mask[:, None], f0 - y.astype(f0.dtype), jnp.zeros((), f0.dtype))
     count = jnp.maximum(jnp.sum(mask), 1)
-    return closed_form_from_residual(
-        kernel, f0, u0, eta=eta, horizons=horizons, num_samples=count
-    )
+    return closed_form_from_residual(kernel, f0, u0, eta=eta, horizons=horizons, num_samples=count)

@@ -97,7 +97,7 @@ def _can_collapse(model: AbstractSequential) -> bool:
 
 def trace_kernel(
     model: AbstractSequential,
-    x: Float[Array, "samples *features"],
+    x: Float[Array, "samples ..."],
     mask: Bool[Array, " samples"] | None = None,
 ) -> Float[Array, "samples samples"]:
     """The trace kernel ``(1/C) Σ_c J_c J_cᵀ`` without materializing J (SPEC 3.2).
@@ -137,7 +137,7 @@ def trace_kernel(
 
 
 def materialized_jacobian(
-    model: eqx.Module, x: Float[Array, "samples *features"]
+    model: eqx.Module, x: Float[Array, "samples ..."]
 ) -> Float[Array, "samples classes params"]:
     """The full Jacobian ``∂f(x_n)/∂w`` as ``[N, C, P]`` (leaves in `jax.tree.leaves` order).
 
@@ -155,7 +155,7 @@ def materialized_jacobian(
 
 def trace_kernel_materialized(
     model: eqx.Module,
-    x: Float[Array, "samples *features"],
+    x: Float[Array, "samples ..."],
     mask: Bool[Array, " samples"] | None = None,
 ) -> Float[Array, "samples samples"]:
     """The reference trace kernel from the explicit Jacobian (jax.jacrev), as NTK-DFL forms it.

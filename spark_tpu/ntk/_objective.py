@@ -62,7 +62,9 @@ def cross_entropy(
     return Objective(residual, loss)
 
 
-def mse(y: Float[Array, "samples classes"], mask: Bool[Array, " samples"] | None = None) -> Objective:
+def mse(
+    y: Float[Array, "samples classes"], mask: Bool[Array, " samples"] | None = None
+) -> Objective:
     """Squared error ``loss = mean_n ½‖f_n - y_n‖²``; ``residual = f - Y`` (SPEC 3.3, SPEC 8)."""
     mask = _row_mask(mask, y.shape[0])
 

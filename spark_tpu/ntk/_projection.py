@@ -121,7 +121,7 @@ def _matrix_projection(jac: Array, factors) -> Array:
 
 def project_jacobian(
     model: AbstractSequential,
-    x: Float[Array, "samples *features"],
+    x: Float[Array, "samples ..."],
     *,
     k: int,
     seed: int | PRNGKeyArray,
@@ -154,9 +154,10 @@ def kernel_from_projection(
 ) -> Float[Array, "samples samples"]:
     """``(1/C) Σ_l Σ_c (J_l P_l)_c (J_l P_l)_cᵀ``, masked rows/columns zero."""
     num_classes = projected[0].shape[1]
-    kernel = sum(
-        jnp.einsum("nck,mck->nm", jp, jp, precision=_PRECISION) for jp in projected
-    ) / num_classes
+    kernel = (
+        sum(jnp.einsum("nck,mck->nm", jp, jp, precision=_PRECISION) for jp in projected)
+        / num_classes
+    )
     if mask is not None:
         kernel = jnp.where(mask[:, None] & mask[None, :], kernel, jnp.zeros((), kernel.dtype))
     return kernel
@@ -164,7 +165,7 @@ def kernel_from_projection(
 
 def projected_trace_kernel(
     model: AbstractSequential,
-    x: Float[Array, "samples *features"],
+    x: Float[Array, "samples ..."],
     mask: Bool[Array, " samples"] | None = None,
     *,
     k: int,

@@ -113,7 +113,9 @@ def _rk_step(rhs, g, k1, h, tableau: Tableau):
     return g
 
 
-def _scan_grid(carry, first, count, substeps, *, rhs, kernel_product, residual_t, h, tableau, stops):
+def _scan_grid(
+    carry, first, count, substeps, *, rhs, kernel_product, residual_t, h, tableau, stops
+):
     """Grid steps ``first .. first+count-1``, each `substeps` RK steps; snapshots at `stops`."""
 
     def grid_step(carry, t):
@@ -197,10 +199,14 @@ def solve_function_space(
     g0 = f0.T
     carry = (g0, jnp.zeros_like(g0), zeros, jnp.broadcast_to(g0, zeros.shape))
     total, warm = max(horizons), min(int(warmup_steps), max(horizons))
-    common = dict(
-        rhs=rhs, kernel_product=kernel_product, residual_t=residual_t,
-        h=jnp.asarray(eta, dtype), tableau=tableau, stops=jnp.asarray(horizons, jnp.int32),
-    )  # fmt: skip
+    common = {
+        "rhs": rhs,
+        "kernel_product": kernel_product,
+        "residual_t": residual_t,
+        "h": jnp.asarray(eta, dtype),
+        "tableau": tableau,
+        "stops": jnp.asarray(horizons, jnp.int32),
+    }
     carry = _scan_grid(carry, 0, warm, max(int(warmup_substeps), int(substeps)), **common)
     carry = _scan_grid(carry, warm, total - warm, int(substeps), **common)
     g, _, sums, snaps = carry

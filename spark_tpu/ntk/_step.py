@@ -80,7 +80,7 @@ def _solve(kernel, f0, objective, n, *, eta, horizons, solver, **options) -> Fun
 
 def ntk_evolution_step(
     model: eqx.Module,
-    x: Float[Array, "samples *features"],
+    x: Float[Array, "samples ..."],
     objective: Objective,
     mask: Bool[Array, " samples"] | None = None,
     *,
@@ -134,5 +134,3 @@ def ntk_evolution_step(
         initial_loss=objective.loss(f0),
     )
     return eqx.apply_updates(model, chosen), info
-
-

@@ -24,7 +24,7 @@ def batched_forward(
 
 def jacobian_transpose_product(
     model: eqx.Module,
-    x: Float[Array, "samples *features"],
+    x: Float[Array, "samples ..."],
     r: Float[Array, "samples classes"],
 ) -> PyTree:
     """``Σ_n Σ_c J[n, c, :] r[n, c]`` as ONE vector–Jacobian product of the batched forward.
