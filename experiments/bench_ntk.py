@@ -13,7 +13,8 @@ best of --repeats):
 - the function-space solver for one client at N, C, max(T) for each solver;
 - B clients at once: ``jax.lax.map`` over clients (each kernel stays hot while it steps) vs
   ``jax.vmap`` (batched products), for the default solver;
-- with --many_clients, the solvers vmapped over that many clients (the accelerator setting);
+- with --many_clients, the solvers vmapped over that many clients (the accelerator setting), and
+  the whole step over that many clients with `ntk.batch_map` (lax.map on CPU, vmap elsewhere);
 - with --projection_ks, the relative error of the projected trace kernel (mean of 3 seeds) and
   its time, per kind, at --materialized_n samples;
 - one whole `ntk_evolution_step` at N.
@@ -124,6 +125,18 @@ def main(argv):
             results[f"rk4_map_batch{size}_per_client_s"] = _time(chunked, kernels, f0s) / many
         results["euler_vmap_many_per_client_s"] = (
             _time(jax.jit(jax.vmap(_solver_fn(y, horizons, "euler"))), kernels, f0s) / many
+        )
+        stacked = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (many, *leaf.shape)), model)
+        xs = jnp.broadcast_to(x, (many, *x.shape))
+
+        def one_step(mdl, xq):
+            objective = ntk.cross_entropy(y)
+            return ntk.ntk_evolution_step(
+                mdl, xq, objective, eta=jnp.float32(0.01), horizons=horizons
+            )[1].tau
+
+        results["step_rk4_batch_map_many_per_client_s"] = (
+            _time(jax.jit(lambda m, xx: ntk.batch_map(one_step, m, xx)), stacked, xs) / many
         )
 
     for k in (int(v) for v in _PROJ_KS.value):
