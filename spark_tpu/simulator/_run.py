@@ -73,6 +73,7 @@ class Simulation:
         self._chunks = {}
         self._evaluate = _engine.make_evaluate(s.model, self.mesh, cfg.clients)
         self.compile_seconds = 0.0
+        self.taus = collections.Counter()  # horizon histogram so far (checkpointed)
 
     def chunk(self, length: int):
         """The compiled program for ``length`` rounds (compiled once per distinct length)."""
@@ -151,7 +152,7 @@ def run(cfg: Config, workdir: str, *, progress: bool = True, hooks=None) -> dict
         rows = hooks.start(sim, rows)
     done = len(rows)
     bytes_so_far = rows[-1]["bytes_total"] if rows else 0.0
-    taus = collections.Counter()
+    taus = sim.taus
     bar = _progress(cfg, done) if progress else None
     t_run = time.perf_counter()
     while done < cfg.rounds:
