@@ -66,7 +66,7 @@ def discrete_trajectory(
     update = DISCRETE_UPDATES[algorithm]
 
     def grad(z: np.ndarray) -> np.ndarray:
-        return step * (g0 + np.einsum("qrs,qs->qr", gram, z))
+        return step * (g0 + (gram @ z[:, :, None])[:, :, 0])
 
     zs = [np.zeros_like(g0)]
     for w in w_seq:

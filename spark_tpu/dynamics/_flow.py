@@ -109,8 +109,9 @@ def _sqrt_blocks(gram: np.ndarray, step: float):
     h = 1.0 - step * gam
     if h.min() < MIN_H_EIGENVALUE:
         return None
-    half = np.einsum("qab,qb,qcb->qac", vec, np.sqrt(h), vec)
-    inv_half = np.einsum("qab,qb,qcb->qac", vec, 1.0 / np.sqrt(h), vec)
+    vec_t = vec.transpose(0, 2, 1)
+    half = (vec * np.sqrt(h)[:, None, :]) @ vec_t
+    inv_half = (vec / np.sqrt(h)[:, None, :]) @ vec_t
     return half, inv_half
 
 
@@ -118,7 +119,7 @@ def _apply_blocks(blocks: np.ndarray, z: np.ndarray) -> np.ndarray:
     """blkdiag(blocks) applied to the last axis of z (length Q·r)."""
     q, r = blocks.shape[:2]
     zq = z.reshape(*z.shape[:-1], q, r)
-    return np.einsum("qab,...qb->...qa", blocks, zq).reshape(z.shape)
+    return (blocks @ zq[..., None]).reshape(z.shape)
 
 
 def _similarity_solution(gram, g0, w, algorithm, step, steps):
@@ -127,7 +128,9 @@ def _similarity_solution(gram, g0, w, algorithm, step, steps):
         return None
     half, inv_half = sqrt_blocks
     n = gram.shape[0] * gram.shape[1]
-    m = np.einsum("ij,iab,jbc->iajc", w, half, half).reshape(n, n) - np.eye(n)
+    # Block (i, j) of S W S is w_ij H_i^{1/2} H_j^{1/2}: Q² BLAS products, not a naive einsum.
+    blocks = half[:, None] @ (w[:, :, None, None] * half[None, :])
+    m = blocks.transpose(0, 2, 1, 3).reshape(n, n) - np.eye(n)
     left, right = (inv_half, half) if algorithm == "atc" else (half, inv_half)
     u = -step * (w @ g0 if algorithm == "atc" else g0).reshape(-1)
     times = np.arange(steps + 1, dtype=np.float64)

@@ -73,15 +73,16 @@ def _reduced_targets(lin: Linearization, y: np.ndarray, d: int):
     if y.size != q * n or y.shape[:2] != (q, d):
         raise ValueError(BAD_Y.format(shape=y.shape, q=q, d=d, out=lin.out_shape))
     y = y.reshape(q, n)
-    gram = np.einsum("qna,qnb->qab", lin.c_blocks, lin.c_blocks)
-    g0 = np.einsum("qna,qn->qa", lin.c_blocks, lin.f0 - y)
+    c_t = lin.c_blocks.transpose(0, 2, 1)
+    gram = c_t @ lin.c_blocks
+    g0 = (c_t @ (lin.f0 - y)[:, :, None])[:, :, 0]
     return y, gram, g0
 
 
 def _readout(lin: Linearization, z: np.ndarray, y: np.ndarray, d: int, kind: str) -> dict:
     """Outputs, losses and final parameters of a z trajectory ``[T+1, Q, r]``."""
     q = lin.f0.shape[0]
-    out = lin.f0[None] + np.einsum("qnr,tqr->tqn", lin.c_blocks, z)
+    out = lin.f0[None] + (lin.c_blocks @ z.transpose(1, 2, 0)).transpose(2, 0, 1)
     res = {
         f"z_{kind}": z,
         f"outputs_{kind}": out.reshape(z.shape[0], q, d, *lin.out_shape),
@@ -89,7 +90,7 @@ def _readout(lin: Linearization, z: np.ndarray, y: np.ndarray, d: int, kind: str
         f"params_{kind}": lin.flat_params0[None] + z[-1] @ lin.basis.T,
     }
     if lin.c_test is not None:
-        test = lin.f0_test[None, None] + np.einsum("nr,tqr->tqn", lin.c_test, z)
+        test = lin.f0_test[None, None] + z @ lin.c_test.T
         res[f"test_outputs_{kind}"] = test.reshape(z.shape[0], q, -1, *lin.out_shape)
     return res
 
