@@ -58,11 +58,13 @@ def ntk_dfl_bytes(ctx: RoundContext, params_one, num_classes: int, models_per_ed
 
 
 def map_clients(fn: Callable, xs, client_batch: int):
-    """vmap over all local clients (client_batch=0) or lax.map in batches (bounded memory, and
-    a kernel that stays in cache on CPU)."""
-    if client_batch <= 0:
+    """Applies ``fn`` to every local client: client_batch=0 picks by platform (lax.map on CPU,
+    where a client's kernel stays in cache, ~2x faster; vmap on accelerators, ~5x faster);
+    k > 0 maps in vmapped batches of k (bounded memory); k < 0 vmaps all."""
+    if client_batch < 0:
         return jax.vmap(fn)(*xs)
-    return jax.lax.map(lambda a: fn(*a), xs, batch_size=client_batch)
+    strategy = "auto" if client_batch == 0 else "map"
+    return ntk.batch_map(fn, *xs, strategy=strategy, batch_size=client_batch or None)
 
 
 def evolve_clients(
@@ -79,7 +81,7 @@ def evolve_clients(
         net = eqx.combine(p, model.static)
         new, info = ntk.ntk_evolution_step(
             net, x, obj, mask, eta=eta, horizons=horizons, solver=solver
-        )
+        )  # MSE runs use solver="mse_closed_form" (see ntk_dfl)
         return eqx.partition(new, eqx.is_array)[0], info
 
     index = jnp.arange(pooled.mask.shape[0], dtype=jnp.int32)
@@ -94,6 +96,8 @@ def ntk_dfl(
     """NTK-DFL (Thompson et al., ICML 2025; SPEC 5) with η_k = η0·exp(−decay·k)."""
     schedule = ntk.lr_schedule(eta0, lr_decay)
     make_objective = ntk.cross_entropy if loss == "ce" else ntk.mse
+    if loss == "mse":  # no softmax damping: the kernel flow is too stiff for RK4 at step η
+        solver = "mse_closed_form"
 
     def round_(state: ParamsState, ctx: RoundContext):
         averaged = gossip.mix(state.params, ctx.graph)

@@ -50,7 +50,7 @@ class Config:
     participation: float = 0.07
     horizons: tuple[int, ...] = (100, 200, 400, 600, 800)
     solver: str = "rk4"
-    client_batch: int = 0  # NTK: 0 = vmap all local clients; k = lax.map in batches of k
+    client_batch: int = 0  # NTK: 0 = by platform (map on CPU, vmap on GPU/TPU); k = batches of k
     loss: str = "ce"
     seed: int = 0
     devices: int = 8
