@@ -5,9 +5,10 @@ Command (from the repo root):
     python -m experiments.p2p_dynamics            # full: Q = 8, D = 200, 200 iterations
     python -m experiments.p2p_dynamics --small    # D = 25, seconds
 
-Expected wall time on the 2-core dev box: about 3–6 min full (the affine flows exponentiate
-Q·r ≈ 6,300-dimensional matrices), about 30 s with --small. Expected metric: the affine model's
-discrete prediction matches training to ~1e-12 relative; the width-256 network's to ≲ 1e-2.
+Expected wall time on the shared 2-core dev box: 2–7 min full (the affine flows eigendecompose
+Q·r = 6,016-dimensional matrices, 20–60 s each depending on load), about 15 s with --small.
+Expected metric: the affine model's discrete prediction matches training to ~1e-14 relative; the
+width-256 network's discrete prediction to ≲ 2e-3 and its flow to ≲ 5e-2 (O(η) worse).
 
 Blocks (one PNG each, rows = algorithms, columns = graphs; observed solid, flow dashed, discrete
 dotted), all with Metropolis–Hastings weights and one shared θ_0:

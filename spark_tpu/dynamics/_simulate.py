@@ -8,6 +8,7 @@ one ``lax.scan`` over the iterations.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -43,7 +44,7 @@ def _cta(p, w, eta, grad):
 UPDATES = {"dgd": _dgd, "atc": _atc, "cta": _cta}  # seed eqs. 4, 5, 6
 
 
-def _client_fns(model_fn: ModelFn, x, y, scale: float):
+def _client_fns(model_fn: ModelFn, x, y, scale):
     d = x.shape[1]
 
     def residual(p, xq, yq):
@@ -56,9 +57,36 @@ def _client_fns(model_fn: ModelFn, x, y, scale: float):
     def report(p, xq, yq):
         return 0.5 / d * jnp.sum(residual(p, xq, yq) ** 2)
 
-    grad = lambda ps: jax.vmap(jax.grad(objective))(ps, x, y)
-    loss = lambda ps: jax.vmap(report)(ps, x, y)
+    def grad(ps):
+        return jax.vmap(jax.grad(objective))(ps, x, y)
+
+    def loss(ps):
+        return jax.vmap(report)(ps, x, y)
+
     return grad, loss
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _run(model_fn: ModelFn, algorithm: str, params, x, y, w_seq, eta, scale, x_test):
+    """One ``lax.scan`` over the iterations; compiled once per (model_fn, algorithm, shapes)."""
+    grad, loss = _client_fns(model_fn, x, y, scale)
+    update = UPDATES[algorithm]
+
+    def observe(ps):
+        if x_test is None:
+            return loss(ps), None
+        per_client = jax.vmap(jax.vmap(model_fn, in_axes=(None, 0)), in_axes=(0, None))
+        return loss(ps), per_client(ps, x_test)
+
+    def body(ps, wk):
+        return update(ps, wk, eta, grad), observe(ps)
+
+    final, (losses, outs) = jax.lax.scan(body, params, w_seq)
+    last_loss, last_out = observe(final)
+    losses = jnp.concatenate([losses, last_loss[None]])
+    if outs is not None:
+        outs = jnp.concatenate([outs, last_out[None]])
+    return final, losses, outs
 
 
 def simulate(
@@ -93,31 +121,13 @@ def simulate(
     w_seq, _ = mixing_sequence(w, q, steps)
     scale = 1.0 / d if loss_scale is None else float(loss_scale)
     with jax.enable_x64(True):
-        stack = lambda a: jnp.broadcast_to(jnp.asarray(a, jnp.float64), (q, *jnp.shape(a)))
-        params = jax.tree_util.tree_map(stack, params0)
-        grad, loss = _client_fns(model_fn, jnp.asarray(x), jnp.asarray(y), scale)
-        update = UPDATES[algorithm]
-        xt = None if test_x is None else jnp.asarray(test_x, jnp.float64)
-
-        def observe(ps):
-            if xt is None:
-                return loss(ps), None
-            outs = jax.vmap(jax.vmap(model_fn, in_axes=(None, 0)), in_axes=(0, None))(ps, xt)
-            return loss(ps), outs
-
-        def body(ps, wk):
-            return update(ps, wk, eta, grad), observe(ps)
-
-        @jax.jit
-        def run(ps, ws):
-            final, (losses, outs) = jax.lax.scan(body, ps, ws)
-            last_loss, last_out = observe(final)
-            losses = jnp.concatenate([losses, last_loss[None]])
-            if outs is not None:
-                outs = jnp.concatenate([outs, last_out[None]])
-            return final, losses, outs
-
-        final, losses, outs = run(params, jnp.asarray(w_seq, jnp.float64))
+        f64 = functools.partial(jnp.asarray, dtype=jnp.float64)
+        params = jax.tree_util.tree_map(
+            lambda a: jnp.broadcast_to(f64(a), (q, *jnp.shape(a))), params0
+        )
+        xt = None if test_x is None else f64(test_x)
+        args = (params, f64(x), f64(y), f64(w_seq), f64(eta), f64(scale), xt)
+        final, losses, outs = _run(model_fn, algorithm, *args)
     result = {
         "iterations": np.arange(len(w_seq) + 1),
         "loss": np.asarray(losses),
