@@ -22,7 +22,10 @@ def run_grid(name: str, configs: dict, *, out_dir: str | None = None, resume: bo
     out_dir = out_dir or RESULTS
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.json")
-    results = json.load(open(path)) if resume and os.path.exists(path) else {}
+    results = {}
+    if resume and os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)
     for label, cfg in configs.items():
         if label in results:
             continue

@@ -47,6 +47,14 @@ def main(argv):
     from spark_tpu.checkpoint import run_with_checkpoints  # noqa: PLC0415
 
     logging.info("config: %s", cfg)
+    if FLAGS.mode == "predict":
+        try:
+            summary = simulator.predict(cfg, FLAGS.output_dir)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
+        print(json.dumps({"rank": summary["rank"], **summary["max_relative_loss_error"]}))
+        print(f"Outputs in {FLAGS.output_dir}: prediction.json, prediction.png")
+        return
     try:
         summary = run_with_checkpoints(cfg, FLAGS.output_dir, resume=FLAGS.resume)
     except (ValueError, FileNotFoundError, simulator.DivergenceError) as e:

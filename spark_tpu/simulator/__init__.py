@@ -5,6 +5,7 @@ from ._build import hyperparameters as hyperparameters
 from ._config import ALGORITHMS as ALGORITHMS
 from ._config import Config as Config
 from ._outputs import read_metrics as read_metrics
+from ._predict import predict as predict
 from ._run import DivergenceError as DivergenceError
 from ._run import Simulation as Simulation
 from ._run import run as run
