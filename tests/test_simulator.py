@@ -70,3 +70,19 @@ def test_outputs_and_summary(tmp_path):
     assert rows[-1]["bytes_total"] == pytest.approx(3 * 12 * 3 * p * 4)
     assert s["partition"] and s["topology"]["spectral_gap"] > 0
     assert s["rounds_to_target"] is not None
+
+
+def test_rounds_copy_nothing_from_host_to_device():
+    """Data and state are placed once; a chunk of rounds runs with host-to-device copies banned."""
+    import jax
+    import jax.numpy as jnp
+
+    cfg = simulator.Config(**{**SMALL, "algorithm": "dfedavg", "devices": 4})
+    sim = simulator.Simulation(cfg)
+    sim.advance(2)  # compile outside the guard
+    with jax.transfer_guard_host_to_device("disallow"):
+        sim.advance(2)
+        sim.advance(2)
+        with pytest.raises(Exception, match="[Dd]isallowed host-to-device transfer"):
+            jnp.asarray(np.ones(3)) + 1  # the guard is live: an explicit copy fails
+    assert int(sim.round) == 6
