@@ -45,14 +45,21 @@ def pool_neighbourhood(ctx: RoundContext, extra=None):
     return pooled, (None if extra is None else flat(nb[3]))
 
 
-def ntk_dfl_bytes(ctx: RoundContext, params_one, num_classes: int, models_per_edge: int = 2):
+def ntk_dfl_bytes(
+    ctx: RoundContext, params_one, num_classes: int, models_per_edge: int = 2,
+    jacobian_floats: int | None = None,
+):
     """Protocol bytes each client sends (SPEC 5, 10): to every live neighbour its model (and the
     averaged model w̄), plus, for every neighbour it serves, the Jacobian of its own data at that
-    neighbour's w̄ (n·C·P floats), its labels (n) and its logits (n·C)."""
+    neighbour's w̄ (n·C·P floats), its labels (n) and its logits (n·C).
+
+    ``jacobian_floats`` replaces P as the floats per sample and class of what is sent in place of
+    the Jacobian (Σ_l k_l for the random projection of SPEC 6)."""
     p = num_params(params_one)
+    j = p if jacobian_floats is None else jacobian_floats
     n = jnp.sum(ctx.data.mask, axis=1).astype(jnp.float32)
     per_neighbour = models_per_edge * p * BYTES_PER_FLOAT + n * (
-        num_classes * (p + 1) * BYTES_PER_FLOAT + BYTES_PER_LABEL
+        num_classes * (j + 1) * BYTES_PER_FLOAT + BYTES_PER_LABEL
     )
     return alive_degree(ctx) * per_neighbour
 
@@ -69,18 +76,20 @@ def map_clients(fn: Callable, xs, client_batch: int):
 
 def evolve_clients(
     model: Model, start, pooled: Pooled, objectives, *, eta, num_classes, horizons, solver,
-    client_batch,
+    client_batch, step_options: dict | None = None,
 ):
     """The NTK evolution step (SPEC 3) for every local client from ``start`` on its pooled data.
 
-    ``objectives(y_onehot, mask, i) -> ntk.Objective`` builds client i's objective.
+    ``objectives(y_onehot, mask, i) -> ntk.Objective`` builds client i's objective;
+    ``step_options`` go to `ntk.ntk_evolution_step` (e.g. a projected ``kernel_fn``, SPEC 6).
     """
+    step_options = step_options or {}
 
     def one(p, x, y, mask, i):
         obj = objectives(jax.nn.one_hot(y, num_classes, dtype=x.dtype), mask, i)
         net = eqx.combine(p, model.static)
         new, info = ntk.ntk_evolution_step(
-            net, x, obj, mask, eta=eta, horizons=horizons, solver=solver
+            net, x, obj, mask, eta=eta, horizons=horizons, solver=solver, **step_options
         )  # MSE runs use solver="mse_closed_form" (see ntk_dfl)
         return eqx.partition(new, eqx.is_array)[0], info
 

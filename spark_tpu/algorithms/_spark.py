@@ -1,16 +1,29 @@
 """SPARK (seed 000; SPEC 6): NTK-DFL + Nesterov momentum + a stage-wise annealed soft-label
 regularizer on the neighbourhood's pooled data. Every choice the abstract leaves open is a named
 option; defaults are set by ``experiments/spark_ablation.py``.
+
+Random projection of Jacobians (SPEC 6, last bullet; off by default): ``--spark projection=
+gaussian|kronecker`` with ``projection_dim=k`` per layer. Neighbours send ``J_l P_l`` (Ñ_j × C × k_l
+per layer, `ntk.layer_projections`) instead of J and the kernel is formed from them.
+``weight_step=exact`` gets Jᵀr by a second exchange (q sends each neighbour its residual rows for
+every candidate horizon, the neighbour returns ``J_jᵀ r_j`` per horizon: numerically the current
+VJP); ``weight_step=backproject`` uses ``P (JP)ᵀ r`` locally (NTK evolution restricted to the
+random subspace ``w + P z``). Projection seed: the run's round key (``--seed`` and the round folded
+in, identical on every client) folded with ``PROJECTION_STREAM``, then the layer index. A fresh
+projection every round keeps the back-projected steps from all lying in one fixed k-dimensional
+subspace per layer, and makes the kernel errors independent across rounds.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from spark_tpu import gossip, ntk
+from spark_tpu.ntk._projection import back_project_with, project_jacobian_with, projection_sizes
 
 from ._base import BYTES_PER_FLOAT, Algorithm, Model, RoundContext, alive_degree, num_params
 from ._ntk_dfl import evolve_clients, map_clients, ntk_dfl_bytes, pool_neighbourhood
@@ -24,8 +37,16 @@ OPTIONS = {
     "momentum": ("nesterov", "heavy_ball"),
     "buffer": ("local", "gossip"),
     "teacher": ("averaged", "neighbor"),
+    "projection": ("none", "gaussian", "kronecker"),
+    "projection_dim": "a positive integer",
+    "weight_step": ("exact", "backproject"),
 }
-DEFAULT_OPTIONS = {"momentum": "nesterov", "buffer": "local", "teacher": "averaged"}
+DEFAULT_OPTIONS = {
+    "momentum": "nesterov", "buffer": "local", "teacher": "averaged",
+    "projection": "none", "projection_dim": 256, "weight_step": "exact",
+}
+PROJECTION_STREAM = 0x50524A  # folded into the round key to give the round's projection seed
+_NEEDS_PROJECTION = ("projection_dim", "weight_step")
 
 
 class SparkState(NamedTuple):
@@ -41,10 +62,51 @@ def resolve_options(options: dict) -> dict:
     for key, value in options.items():
         if key not in OPTIONS:
             raise ValueError(f"--spark={key}={value}: unknown option; choose from {sorted(OPTIONS)}.")
+        if isinstance(OPTIONS[key], str):
+            out[key] = _positive_int(key, value)
+            continue
         if value not in OPTIONS[key]:
             raise ValueError(f"--spark={key}={value}: choose one of {', '.join(OPTIONS[key])}.")
         out[key] = value
+    if out["projection"] == "none":  # a width or a back-projection without a projection
+        for key in _NEEDS_PROJECTION:
+            if key in options and (key == "projection_dim" or out[key] != DEFAULT_OPTIONS[key]):
+                raise ValueError(
+                    f"--spark={key}={options[key]}: needs --spark=projection=gaussian or "
+                    "kronecker (projection is none)."
+                )
     return out
+
+
+def _positive_int(key: str, value) -> int:
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"--spark={key}={value}: choose {OPTIONS[key]}, e.g. {key}=256.")
+    return int(text)
+
+
+def _projection_step(model: Model, start, ctx: RoundContext, opts: dict) -> dict:
+    """`ntk.ntk_evolution_step` options for the random projection of SPEC 6 ({} when off).
+
+    The matrices are drawn once per round from the round's projection seed (the same on every
+    client) and shared by every client's step.
+    """
+    if opts["projection"] == "none":
+        return {}
+    template = eqx.combine(jax.tree.map(lambda p: p[0], start), model.static)
+    seed = jax.random.fold_in(ctx.key, PROJECTION_STREAM)
+    mats = ntk.layer_projections(
+        template, k=opts["projection_dim"], seed=seed, kind=opts["projection"]
+    )
+    if opts["weight_step"] == "exact":  # kernel from J·P; Jᵀr by the exact (second-exchange) VJP
+        return {"kernel_fn": lambda net, x, mask: ntk.kernel_from_projection(
+            project_jacobian_with(net, x, mats), mask)}  # fmt: skip
+
+    def linearize(net, x, mask):  # kernel from J·P; Jᵀr ≈ P (JP)ᵀ r
+        jp = project_jacobian_with(net, x, mats)
+        return ntk.kernel_from_projection(jp, mask), lambda r: back_project_with(net, jp, r, mats)
+
+    return {"linearize_fn": linearize}
 
 
 def _teacher_logits(model: Model, averaged, pooled, ctx, teacher: str, client_batch: int):
@@ -65,6 +127,10 @@ def spark(
     the NTK step (SPEC 3) from u_q on S_q with residual (1−λ)(softmax(f)−Y) + λT(softmax(f/T) −
     softmax(g/T)), g the teacher's logits, τ* chosen on the same regularized loss;
     w_q = u_q + Δ_q (heavy-ball: + μ v_q);  v_q = w_q − w̄_q.
+
+    ``options``: ``momentum`` (nesterov | heavy_ball), ``buffer`` (local | gossip), ``teacher``
+    (averaged | neighbor), ``projection`` (none | gaussian | kronecker), ``projection_dim`` (k per
+    layer), ``weight_step`` (exact | backproject); see the module docstring for the projection.
     """
     del loss  # SPARK's regularizer is defined for cross-entropy.
     schedule = parse_stages(stages or DEFAULT_STAGES, rounds)
@@ -88,6 +154,7 @@ def spark(
         new, info = evolve_clients(
             model, start, pooled, objective, eta=eta(ctx.round), num_classes=num_classes,
             horizons=tuple(horizons), solver=solver, client_batch=client_batch,
+            step_options=_projection_step(model, start, ctx, opts),
         )
         if not nesterov:
             new = jax.tree.map(lambda w, v: w + hp["mu"] * v, new, buf)
@@ -96,16 +163,23 @@ def spark(
             "train_loss": info.initial_loss, "tau": info.tau,
             "lam": jnp.broadcast_to(hp["lam"], info.tau.shape),
             "mu": jnp.broadcast_to(hp["mu"], info.tau.shape),
-            "bytes_sent": _bytes(ctx, state.params, num_classes, hp, opts),
+            "bytes_sent": _bytes(
+                ctx, state.params, num_classes, hp, opts, model=model, pooled=pooled,
+                num_horizons=len(tuple(horizons)),
+            ),
         }
         return SparkState(new, velocity), metrics
 
     return Algorithm(init=lambda p: SparkState(p, jax.tree.map(jnp.zeros_like, p)), round=round_)
 
 
-def _bytes(ctx: RoundContext, params, num_classes: int, hp, opts):
+def _bytes(ctx: RoundContext, params, num_classes: int, hp, opts, *, model=None, pooled=None,
+           num_horizons: int = 1):
     one = jax.tree.map(lambda p: p[0], params)
-    base = ntk_dfl_bytes(ctx, one, num_classes)
+    if opts["projection"] == "none":
+        base = ntk_dfl_bytes(ctx, one, num_classes)
+    else:
+        base = _projected_bytes(ctx, one, num_classes, opts, model, pooled, num_horizons)
     deg = alive_degree(ctx)
     n = jnp.sum(ctx.data.mask, axis=1).astype(jnp.float32)
     logits = deg * n * num_classes * BYTES_PER_FLOAT
@@ -116,3 +190,21 @@ def _bytes(ctx: RoundContext, params, num_classes: int, hp, opts):
     if opts["buffer"] == "gossip":
         extra = extra + deg * num_params(one) * BYTES_PER_FLOAT
     return base + extra
+
+
+def _projected_bytes(ctx, one, num_classes, opts, model, pooled, num_horizons):
+    """NTK-DFL's bytes with J·P (n·C·Σ_l k_l floats per neighbour served) in place of J; for
+    ``weight_step=exact`` also the second exchange: q sends each live neighbour j its residual rows
+    for every horizon (H·n_j·C floats) and returns, to each neighbour it serves, J_qᵀ r for every
+    horizon (H·P floats). SPEC 6 and 10."""
+    net = eqx.combine(one, model.static)
+    floats = sum(projection_sizes(net, k=opts["projection_dim"], kind=opts["projection"]))
+    base = ntk_dfl_bytes(ctx, one, num_classes, jacobian_floats=floats)
+    if opts["weight_step"] == "backproject":
+        return base
+    own = jnp.sum(ctx.data.mask, axis=1)
+    neighbour_rows = (jnp.sum(pooled.mask, axis=1) - own).astype(jnp.float32)  # Σ_j n_j, live j
+    exchange = num_horizons * (
+        neighbour_rows * num_classes + alive_degree(ctx) * num_params(one)
+    ) * BYTES_PER_FLOAT
+    return base + exchange

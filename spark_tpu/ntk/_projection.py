@@ -56,14 +56,36 @@ def kronecker_split(k: int, rows: int, cols: int) -> tuple[int, int]:
     return k_r, min(cols, -(-k // k_r))
 
 
-def layer_projections(
-    model: AbstractSequential, *, k: int, seed: int | PRNGKeyArray, kind: str = "gaussian"
-) -> tuple[tuple[Array, ...], ...]:
-    """Per layer: ``(P,)`` with P ``[rows·cols, k']`` (gaussian) or ``(P_rows, P_cols)``."""
+def _check(k: int, kind: str) -> None:
     if kind not in _KINDS:
         raise ValueError(f"Unknown projection kind {kind!r}; choose one of {_KINDS}.")
     if int(k) < 1:
         raise ValueError(f"Projection size k must be a positive integer; got {k!r}.")
+
+
+def projection_sizes(model: AbstractSequential, *, k: int, kind: str = "gaussian") -> tuple[int, ...]:
+    """Per layer, the width ``k_l`` of ``J_l P_l`` (what one sample and class costs to send).
+
+    ``min(k, rows·cols)`` for ``"gaussian"``, ``k_r·k_c`` for ``"kronecker"`` (may exceed k a
+    little, never rows·cols): exactly the widths `layer_projections` draws. Static (shapes only).
+    """
+    _check(k, kind)
+    sizes = []
+    for layer in model.layers:
+        rows, cols = _layer_matrix_shape(layer)
+        if kind == "gaussian":
+            sizes.append(min(int(k), rows * cols))
+        else:
+            k_r, k_c = kronecker_split(k, rows, cols)
+            sizes.append(k_r * k_c)
+    return tuple(sizes)
+
+
+def layer_projections(
+    model: AbstractSequential, *, k: int, seed: int | PRNGKeyArray, kind: str = "gaussian"
+) -> tuple[tuple[Array, ...], ...]:
+    """Per layer: ``(P,)`` with P ``[rows·cols, k']`` (gaussian) or ``(P_rows, P_cols)``."""
+    _check(k, kind)
     root = jax.random.key(seed) if isinstance(seed, int) else seed
     out = []
     for index, layer in enumerate(model.layers):
@@ -138,7 +160,16 @@ def project_jacobian(
     """
     if not isinstance(model, AbstractSequential):
         raise TypeError(_NOT_SEQUENTIAL.format(type(model).__name__))
-    projections = layer_projections(model, k=k, seed=seed, kind=kind)
+    return project_jacobian_with(model, x, layer_projections(model, k=k, seed=seed, kind=kind))
+
+
+def project_jacobian_with(
+    model: AbstractSequential, x: Float[Array, "samples ..."], projections
+) -> ProjectedJacobian:
+    """`project_jacobian` with the matrices of `layer_projections` given (drawn once per round
+    and shared by every client in a per-client map, instead of redrawn per client)."""
+    if not isinstance(model, AbstractSequential):
+        raise TypeError(_NOT_SEQUENTIAL.format(type(model).__name__))
     _, inputs, _, cotangents = _record_with_cotangents(model, x)
     out = []
     for layer, a, g, factors in zip(model.layers, inputs, cotangents, projections):
@@ -200,7 +231,17 @@ def back_project(
 
     The same `k`, `seed` and `kind` as for `project_jacobian` must be given.
     """
-    projections = layer_projections(model, k=k, seed=seed, kind=kind)
+    return back_project_with(
+        model, projected, r, layer_projections(model, k=k, seed=seed, kind=kind)
+    )
+
+
+def back_project_with(
+    model: AbstractSequential, projected: ProjectedJacobian, r: Float[Array, "samples classes"],
+    projections,
+) -> PyTree:
+    """`back_project` with the matrices of `layer_projections` given (as for
+    `project_jacobian_with`)."""
     weights, biases = [], []
     for layer, jp, factors in zip(model.layers, projected, projections):
         rows, cols = _layer_matrix_shape(layer)

@@ -91,6 +91,7 @@ def ntk_evolution_step(
     warmup_steps: int | None = None,
     warmup_substeps: int = 4,
     kernel_fn: Callable[..., Array] = trace_kernel,
+    linearize_fn: Callable[..., tuple[Array, Callable[[Array], PyTree]]] | None = None,
 ) -> tuple[eqx.Module, StepInfo]:
     """One NTK evolution step linearized at `model` on one pooled dataset (SPEC 3).
 
@@ -109,6 +110,10 @@ def ntk_evolution_step(
         substeps, warmup_steps, warmup_substeps: static solver options, see
             `solve_function_space` (ignored by ``"mse_closed_form"``).
         kernel_fn: ``(model, x, mask) -> [N, N]``; `trace_kernel` by default.
+        linearize_fn: optional ``(model, x, mask) -> (K, jtr)`` replacing both `kernel_fn` and the
+            exact VJP: ``jtr(r [N, C])`` returns an estimate of ``Jᵀ r`` shaped like the model's
+            array params, e.g. the back-projection ``P (JP)ᵀ r`` of SPEC 6 (projected Jacobians
+            computed once for the kernel and the weight step).
 
     Returns:
         ``(w + Δw_τ*, StepInfo)``.
@@ -118,7 +123,12 @@ def ntk_evolution_step(
     params, apply = batched_forward(model)
     f0, vjp_fn = jax.vjp(lambda p: apply(p, x), params)
     n = jnp.maximum(jnp.sum(mask), 1).astype(f0.dtype)
-    kernel = kernel_fn(model, x, mask).astype(f0.dtype)
+    if linearize_fn is None:
+        kernel = kernel_fn(model, x, mask).astype(f0.dtype)
+    else:
+        kernel, jtr = linearize_fn(model, x, mask)
+        kernel = kernel.astype(f0.dtype)
+        vjp_fn = lambda r: (jtr(r),)  # noqa: E731
     solution = _solve(
         kernel, f0, objective, n, eta=eta, horizons=horizons, solver=solver, substeps=substeps,
         warmup_steps=warmup_steps, warmup_substeps=warmup_substeps,

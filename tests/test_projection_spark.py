@@ -1,0 +1,132 @@
+"""SPARK with random projection of Jacobians (SPEC 6, last bullet; SPEC 10 for the bytes).
+
+Off: SPARK is unchanged. At full width (k ≥ every layer's size, so every projection is the identity)
+the projected kernel is the exact one and a round equals the unprojected round to float32 round-off,
+for both weight steps. Bytes equal the protocol's formula, written out here independently.
+"""
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+from spark_tpu import algorithms, models, simulator
+from spark_tpu.ntk import project_jacobian
+
+BASE = dict(
+    dataset="digits", clients=8, samples_per_client=16, rounds=3, degree=3, graph_pool=4,
+    local_eval_samples=100, horizons=(4, 8, 16), devices=4, lr=0.05,
+)
+STAGES = "0: lam=0.3, T=2, mu=0.9"  # momentum and the regularizer on from round 0
+# The digits MLP 64-100-10: layer matrices [W | b] of 100 x 65 and 10 x 101; P = 7510.
+P, C, N, DEG, H = 7510, 10, 16, 3, 3
+FULL = 10_000  # ≥ 100·65 (gaussian) and round(√k) ≥ 100, ⌈k/100⌉ ≥ 65 (kronecker): identities
+
+
+def _sim(options=(), stages=STAGES, rounds=3):
+    cfg = simulator.Config(
+        algorithm="spark", spark_stages=stages, spark_options=tuple(options), **BASE
+    )
+    sim = simulator.Simulation(cfg)
+    metrics = sim.advance(rounds)
+    return sim, metrics
+
+
+def _leaves(sim):
+    return [np.asarray(x)[: BASE["clients"]] for x in jax.tree.leaves(sim.state)]
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return _sim()
+
+
+def test_projection_off_is_bit_identical(plain):
+    off, metrics = _sim((("projection", "none"), ("weight_step", "exact")))
+    for a, b in zip(_leaves(off), _leaves(plain[0])):
+        np.testing.assert_array_equal(a, b)
+    for key in ("bytes_sent", "train_loss", "tau"):
+        np.testing.assert_array_equal(metrics[key], plain[1][key])
+
+
+@pytest.mark.parametrize("weight_step", ["exact", "backproject"])
+@pytest.mark.parametrize("kind", ["gaussian", "kronecker"])
+def test_full_width_projection_is_the_unprojected_round(plain, kind, weight_step):
+    opts = (("projection", kind), ("projection_dim", str(FULL)), ("weight_step", weight_step))
+    sim, metrics = _sim(opts)
+    ref, ref_metrics = plain
+    moved = max(np.abs(a).max() for a in _leaves(ref)[len(_leaves(ref)) // 2 :])  # velocity
+    assert moved > 1e-3
+    # Params O(0.1–1) moved by O(1e-2) per round, over 3 rounds with μ = 0.9: float32 round-off.
+    for a, b in zip(_leaves(sim), _leaves(ref)):
+        np.testing.assert_allclose(a, b, atol=5e-7, rtol=0)  # measured ≤ 1.2e-7
+    np.testing.assert_array_equal(metrics["tau"], ref_metrics["tau"])
+
+
+def _hand_sizes(kind, k):
+    """Σ_l k_l for the digits MLP, worked out by hand from the SPEC 6 rule."""
+    if kind == "gaussian":  # min(k, rows·cols) per layer
+        return {200: 200 + 200, 2000: 2000 + 1010}[k]
+    # k_r = min(rows, round(√k)), k_c = min(cols, ⌈k / k_r⌉)
+    return {200: 14 * 15 + 10 * 20, 2000: 45 * 45 + 10 * 101}[k]
+
+
+@pytest.mark.parametrize("kind, k", [("gaussian", 200), ("kronecker", 200), ("kronecker", 2000)])
+def test_hand_sizes_match_the_projection(kind, k):
+    net = models.make_model("mlp", (8, 8, 1), 10, key=jax.random.key(0))
+    x = np.zeros((2, 8, 8, 1), np.float32)
+    widths = [jp.shape[-1] for jp in project_jacobian(net, x, k=k, seed=0, kind=kind)]
+    assert sum(widths) == _hand_sizes(kind, k)
+
+
+@pytest.mark.parametrize("weight_step", ["exact", "backproject"])
+@pytest.mark.parametrize("kind", ["gaussian", "kronecker"])
+def test_bytes_are_the_protocol_formula(kind, weight_step):
+    k = 200
+    opts = (("projection", kind), ("projection_dim", str(k)), ("weight_step", weight_step))
+    # Default stages: rounds 0–2 are the λ = 0 warm-up, so no teacher logits are sent.
+    sim, metrics = _sim(opts, stages="")
+    sent = metrics["bytes_sent"][:, : BASE["clients"]]  # [rounds, clients]
+    n = np.asarray(sim.setup.arrays.mask).sum(1)[: BASE["clients"]]  # 13–15 (samples repeat)
+    # To each of its DEG neighbours: w and w̄ (P each); for each it serves: J·P, logits, labels.
+    base = DEG * (2 * P * 4 + n * (C * (_hand_sizes(kind, k) + 1) * 4 + 4))
+    if weight_step == "backproject":
+        np.testing.assert_allclose(sent, np.broadcast_to(base, sent.shape), rtol=1e-6)
+        assert (sent < DEG * (2 * P * 4 + n * (C * (P + 1) * 4 + 4)) / 10).all()  # < NTK-DFL / 10
+        return
+    # exact: q sends each neighbour j its residual rows for each horizon (H·n_j·C) and returns
+    # to each neighbour it serves Jᵀr for each horizon (H·P). Per client that needs the round's
+    # neighbours; summed over clients it is H·(C·DEG·Σ_j n_j + Q·DEG·P) on a DEG-regular graph.
+    exchange = sent - base
+    np.testing.assert_allclose(
+        exchange.sum(1), H * (C * DEG * n.sum() + len(n) * DEG * P) * 4, rtol=1e-6
+    )
+    rows = (exchange / (4 * H) - DEG * P) / C  # Σ of the round's neighbours' n_j, per client
+    for q in range(len(n)):  # ... the sizes of DEG distinct other clients
+        sums = {sum(c) for c in itertools.combinations(np.delete(n, q).tolist(), DEG)}
+        for value in rows[:, q]:
+            assert abs(value - round(value)) < 1e-3 and round(value) in sums
+
+
+def test_small_projection_changes_the_round_and_stays_finite(plain):
+    sim, _ = _sim((("projection", "kronecker"), ("projection_dim", "16")))
+    assert all(np.isfinite(a).all() for a in _leaves(sim))
+    assert not np.allclose(_leaves(sim)[0], _leaves(plain[0])[0])
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"projection": "sparse"}, "--spark=projection=sparse: choose one of none, gaussian"),
+        ({"projection": "gaussian", "projection_dim": "0"}, "--spark=projection_dim=0: choose a"),
+        ({"projection": "gaussian", "projection_dim": "1.5"}, "--spark=projection_dim=1.5"),
+        ({"projection": "gaussian", "weight_step": "approx"}, "one of exact, backproject"),
+        ({"weight_step": "backproject"}, "--spark=weight_step=backproject: needs --spark=proj"),
+        ({"projection_dim": "64"}, "--spark=projection_dim=64: needs --spark=projection"),
+    ],
+)
+def test_bad_projection_options_name_the_flag(options, words):
+    with pytest.raises(ValueError, match="--spark") as e:
+        algorithms.spark(algorithms.Model(None), num_classes=10, rounds=3, options=options)
+    assert words in str(e.value)
