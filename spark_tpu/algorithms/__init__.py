@@ -14,6 +14,8 @@ from ._gossip_sgd import consensus as consensus
 from ._gossip_sgd import dfedavg as dfedavg
 from ._ntk_dfl import ntk_dfl as ntk_dfl
 from ._ntk_dfl import pool_neighbourhood as pool_neighbourhood
+from ._ntk_fl import NTK_FL_HORIZONS as NTK_FL_HORIZONS
+from ._ntk_fl import ntk_fl as ntk_fl
 from ._server import centralized as centralized
 from ._spark import DEFAULT_OPTIONS as DEFAULT_SPARK_OPTIONS
 from ._spark import DEFAULT_STAGES as DEFAULT_SPARK_STAGES

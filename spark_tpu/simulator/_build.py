@@ -63,6 +63,14 @@ def make_algorithm(cfg: Config, model: algorithms.Model, num_classes: int) -> al
             model, stages=cfg.spark_stages, rounds=cfg.rounds, options=dict(cfg.spark_options),
             **ntk_options,
         )
+    if a == "ntk_fl":  # SPEC 4: constant η (--lr_decay is ignored); NTK-FL's horizons, unless
+        # --horizons differs from the NTK-DFL default (passing exactly that default gives these).
+        left_default = cfg.horizons == Config.__dataclass_fields__["horizons"].default
+        return algorithms.ntk_fl(
+            model, num_clients=cfg.clients, num_classes=num_classes,
+            participation=cfg.participation, eta=hp["lr"], solver=cfg.solver, loss=cfg.loss,
+            horizons=algorithms.NTK_FL_HORIZONS if left_default else cfg.horizons,
+        )
     raise ValueError(f"--algorithm={a} is not available yet.")
 
 

@@ -1,0 +1,203 @@
+"""NTK-FL (SPEC 4; Yue et al., ICML 2022, seed 001): a server pools the sampled clients' Jacobians
+and evolves the global model in function space.
+
+One round k:
+
+1. The server samples S = max(1, round(participation·Q)) clients with `sample_clients`: the same
+   draw on every device, from the round key (and the same draw FedAvg makes for the same seed).
+2. Each sampled client receives the global model w, computes its Jacobian ∂f(X_q; w)/∂w on all of
+   its samples and uploads it with its labels and logits f(X_q; w).
+3. The server pools them (Ñ = Σ n_q rows), runs the NTK evolution step (SPEC 3) from w with a
+   constant η (0.01 in the reference: no decay) and horizons T (`NTK_FL_HORIZONS` by default), and
+   takes w + Δw_τ* as the new global model.
+
+How the simulator runs it inside the sharded round (L client slots per device):
+
+- Every slot holds a copy of the global model (evaluation reads it) and a ``stamp``, the round in
+  which it last received it. The engine leaves dropped clients' state untouched, so a copy may be
+  stale; the server's model is the copy of the freshest slot (smallest client id among ties),
+  found from one `gossip.client_sum` of a [Q] vector of stamps.
+- As in NTK-DFL, the server receives the sampled clients' inputs and labels instead of their
+  Jacobians and forms the kernel and the VJP at w itself: the result is identical. Each device
+  writes its sampled clients' x/y/mask into an [S, n, ...] buffer at the client's position among
+  the sampled ones (ordered by client id), zeros elsewhere, and `gossip.client_sum` adds the
+  buffers: every device then holds the pooled data (the sums add zeros, so they are exact).
+- The server step (an Ñ×Ñ kernel, about 4·max(T) kernel products, the horizon search) runs under
+  `lax.cond` on one device only: the one holding the freshest slot (the "server device"). All
+  devices run the same SPMD program, but a `cond` whose predicate differs per device executes one
+  branch on each: the others return zeros at once, and a `client_sum` of the result broadcasts
+  w + Δw_τ* (plus τ* and the loss) exactly. Replicating the step on every device costs D times
+  the work: on 8 emulated CPU devices sharing 2 (busy) cores, at 100 clients × 200 samples with 7
+  sampled (Ñ = 1400) and horizons up to 2000, a round took 5.7 s this way and 77 s replicated, with
+  the same model (experiments/results/ntk_fl_cost.md; more than 8×, as eight Ñ×Ñ kernels then
+  compete for the cache). ``replicate_server=True`` keeps the replicated variant for that
+  measurement. Splitting the kernel's rows across devices would need a collective
+  inside every solver stage (thousands per round) and was not pursued.
+
+Bytes (SPEC 10), per client row, both directions of its link with the server, as FedAvg counts
+them: a sampled client receives w (P floats) and uploads its Jacobian (n·C·P floats), labels (n
+int32) and logits (n·C floats); unsampled clients send and receive nothing. The server sends the
+model only to the clients it samples (they need it for their Jacobians); the simulator copies the
+new model into every slot for evaluation only, and that copy is not counted.
+
+Metrics: ``tau`` is τ* on every client (each holds the model evolved for τ*), so the simulator's
+horizon histogram counts client-rounds (Q per round), like NTK-DFL's; ``train_loss`` is the loss
+of w on the pooled data, on the sampled clients; ``sampled`` marks them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from spark_tpu import gossip, ntk
+
+from ._base import BYTES_PER_FLOAT, BYTES_PER_LABEL, Algorithm, Model, RoundContext, num_params
+from ._server import sample_clients
+
+# The reference horizons of NTK-FL (SPEC 4).
+NTK_FL_HORIZONS = (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1500, 2000)
+
+
+class NTKFLState(NamedTuple):
+    """Every slot's copy of the global model and the round it last received it (−1: the init)."""
+
+    params: Any
+    stamp: Any
+
+
+def _init(params) -> NTKFLState:
+    count = jax.tree.leaves(params)[0].shape[0]
+    return NTKFLState(params, jnp.full((count,), -1, jnp.int32))
+
+
+def _scatter_clients(ctx: RoundContext, values, num_clients: int):
+    """A [Q] vector with every local real client's value at its id and zeros elsewhere."""
+    index = jnp.where(ctx.real, ctx.client_ids, num_clients)
+    return jnp.zeros((num_clients,), values.dtype).at[index].set(values, mode="drop")
+
+
+def _server_view(state: NTKFLState, ctx: RoundContext, chosen, num_clients: int):
+    """Replicated on every device from one client_sum: the freshest slot's client id, and every
+    sampled client's position among the sampled ones (by client id)."""
+    table = jnp.stack([
+        _scatter_clients(ctx, state.stamp + 2, num_clients),
+        _scatter_clients(ctx, chosen.astype(jnp.int32), num_clients),
+    ])
+    stamps, chosen_all = gossip.client_sum(table[None])
+    source = jnp.argmax(stamps).astype(ctx.client_ids.dtype)
+    position = (jnp.cumsum(chosen_all) - 1)[jnp.minimum(ctx.client_ids, num_clients - 1)]
+    return source, position
+
+
+def _server_model(params, ctx: RoundContext, source, is_server, replicate: bool):
+    """The copy in the freshest slot: on the server device (on every device if ``replicate``)."""
+    slot = jnp.argmax(ctx.client_ids == source)
+    w = jax.tree.map(lambda p: p[slot], params)
+    if not replicate:
+        return w  # read only by the server device's branch of `_on_server_device`
+    return gossip.client_sum(jax.tree.map(lambda v: jnp.where(is_server, v, 0)[None], w))
+
+
+def _gather_sampled(ctx: RoundContext, chosen, position, count: int):
+    """The sampled clients' data pooled on every device: x [S·n, ...], y [S·n], mask [S·n]."""
+    d = ctx.data
+    index = jnp.where(chosen, position, count)
+
+    def place(a):
+        buffer = jnp.zeros((count,) + a.shape[1:], a.dtype)
+        return buffer.at[index].set(a, mode="drop")[None]
+
+    x, y, mask = gossip.client_sum((place(d.x), place(d.y), place(d.mask.astype(jnp.int32))))
+
+    def flat(a):
+        return a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
+
+    return flat(x), flat(y), flat(mask) > 0
+
+
+def _server_step(model: Model, w, pooled, *, num_classes, eta, horizons, solver, make_objective):
+    """SPEC 3 from w on the pooled data: (w + Δw_τ*, τ*, loss of w)."""
+    x, y, mask = pooled
+    objective = make_objective(jax.nn.one_hot(y, num_classes, dtype=x.dtype), mask)
+    net = eqx.combine(w, model.static)
+    new, info = ntk.ntk_evolution_step(
+        net, x, objective, mask, eta=eta, horizons=horizons, solver=solver
+    )
+    return eqx.partition(new, eqx.is_array)[0], info.tau, info.initial_loss
+
+
+def _on_server_device(step, is_server, replicate: bool):
+    """``step()`` on the server device and zeros elsewhere, summed over devices: the server's
+    result on every device (exact: the other terms are zeros)."""
+    if replicate:  # every device evolves the same w on the same pooled data
+        return step()
+    shapes = jax.eval_shape(step)
+
+    def zeros():
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    out = jax.lax.cond(is_server, step, zeros)
+    return gossip.client_sum(jax.tree.map(lambda v: v[None], out))
+
+
+def ntk_fl_bytes(ctx: RoundContext, chosen, params_one, num_classes: int):
+    """Protocol bytes on each client's link with the server (SPEC 10): a sampled client receives
+    w (P floats) and uploads its Jacobian (n·C·P floats), labels (n) and logits (n·C); others 0."""
+    p = num_params(params_one)
+    n = jnp.sum(ctx.data.mask, axis=1).astype(jnp.float32)
+    upload = n * (num_classes * (p + 1) * BYTES_PER_FLOAT + BYTES_PER_LABEL)
+    return jnp.where(chosen, upload + p * BYTES_PER_FLOAT, 0.0)
+
+
+def ntk_fl(
+    model: Model, *, num_clients: int, num_classes: int, participation: float = 0.07,
+    eta: float = 0.01, horizons=NTK_FL_HORIZONS, solver: str = "rk4", loss: str = "ce",
+    replicate_server: bool = False,
+) -> Algorithm:
+    """NTK-FL (SPEC 4) with a constant step η and the server step on one device.
+
+    Args:
+        model: the network's static structure.
+        num_clients: Q, real clients.
+        num_classes: C.
+        participation: fraction of clients sampled per round (S = max(1, round(fraction·Q))).
+        eta: the constant step η of the grid s_t = t·η.
+        horizons: candidate horizons T.
+        solver: a key of `spark_tpu.ntk.TABLEAUX`; MSE always uses the exact closed form.
+        loss: "ce" or "mse".
+        replicate_server: run the server step on every device (measurement only).
+    """
+    count = max(1, round(participation * num_clients))
+    make_objective = ntk.cross_entropy if loss == "ce" else ntk.mse
+    if loss == "mse":  # no softmax damping: the kernel flow is too stiff for RK4 at step η
+        solver = "mse_closed_form"
+    options = {
+        "num_classes": num_classes, "eta": eta, "horizons": tuple(horizons), "solver": solver,
+        "make_objective": make_objective,
+    }
+
+    def round_(state: NTKFLState, ctx: RoundContext):
+        k_sample, _ = jax.random.split(ctx.key)  # FedAvg's split: the same sampled clients
+        chosen = sample_clients(k_sample, ctx, num_clients, participation)
+        source, position = _server_view(state, ctx, chosen, num_clients)
+        is_server = jnp.any(ctx.client_ids == source)
+        w = _server_model(state.params, ctx, source, is_server, replicate_server)
+        pooled = _gather_sampled(ctx, chosen, position, count)
+        new, tau, loss0 = _on_server_device(
+            lambda: _server_step(model, w, pooled, **options), is_server, replicate_server
+        )
+        slots = ctx.client_ids.shape[0]
+        params = jax.tree.map(lambda g: jnp.broadcast_to(g, (slots,) + g.shape), new)
+        metrics = {
+            "train_loss": jnp.where(chosen, loss0, jnp.nan),
+            "tau": jnp.broadcast_to(tau, (slots,)),
+            "sampled": chosen.astype(jnp.float32),
+            "bytes_sent": ntk_fl_bytes(ctx, chosen, w, num_classes),
+        }
+        return NTKFLState(params, jnp.full((slots,), ctx.round, jnp.int32)), metrics
+
+    return Algorithm(init=_init, round=round_)
