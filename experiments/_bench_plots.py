@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -25,9 +27,13 @@ def format_table(rows: list[dict], columns) -> str:
     return "\n".join(lines)
 
 
-def _bars(ax, labels, values, ylabel, log=True):
+def _bars(ax, labels, values, ylabel, log=None):
+    """Horizontal bars; a log axis only where the values span more than 20x (default)."""
+    if not values:
+        return
+    log = (max(values) > 20 * min(values)) if log is None else log
     ax.barh(range(len(values)), values, color="tab:blue")
-    ax.set_yticks(range(len(values)), [label[:48] for label in labels], fontsize=7)
+    ax.set_yticks(range(len(values)), [textwrap.fill(label, 36) for label in labels], fontsize=7)
     ax.invert_yaxis()
     if log:
         ax.set_xscale("log")
@@ -95,29 +101,28 @@ def _scaling(rows, summary, fig):
 def _gossip(rows, summary, fig):
     del summary
     ax1, ax2 = fig.subplots(1, 2)
+    paths = (
+        ("ppermute", "-", "ppermute halo (4-leaf pytree, as simulated)"),
+        ("ppermute_flat", ":", "ppermute halo (one raveled buffer)"),
+        ("dense", "--", "dense all-gather W@X"),
+    )
     for graph, mark in (("regular", "o"), ("ring", "^")):
         sel = [r for r in rows if r.get("topology", "regular") == graph]
         if not sel:
             continue
         qs = [r["clients"] for r in sel]
-        ax1.loglog(
-            qs,
-            [r["ppermute_s_per_round"] for r in sel],
-            f"{mark}-",
-            label=f"ppermute halo, {graph}",
-        )
-        ax1.loglog(
-            qs,
-            [r["dense_s_per_round"] for r in sel],
-            f"{mark}--",
-            label=f"dense all-gather W@X, {graph}",
-        )
-        ax2.semilogx(qs, [r["dense_over_ppermute"] for r in sel], f"{mark}-", label=graph)
+        for key, style, name in paths:
+            secs = [r[f"{key}_s_per_round"] for r in sel]
+            ax1.loglog(qs, secs, f"{mark}{style}", label=f"{name}, {graph}")
+        for key, style in (("dense_over_ppermute", "-"), ("dense_over_ppermute_flat", ":")):
+            label = f"{graph}, {'raveled' if key.endswith('flat') else 'pytree'}"
+            ax2.semilogx(qs, [r[key] for r in sel], f"{mark}{style}", label=label)
     ax1.set_xlabel("clients (P = 79,510)")
     ax1.set_ylabel("seconds per mixing round")
-    ax1.legend(fontsize=7)
+    ax1.legend(fontsize=6)
+    ax2.axhline(1.0, color="gray", lw=0.8)
     ax2.set_xlabel("clients")
-    ax2.set_ylabel("dense / ppermute time")
+    ax2.set_ylabel("dense time / ppermute time")
     ax2.legend(fontsize=7)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)

@@ -53,6 +53,13 @@ _ISOLATE = flags.DEFINE_bool(
     "One process per configuration (own peak memory). Default: on, off with --small.",
 )
 
+_MEMORY_FRACTION = flags.DEFINE_float(
+    "memory_fraction",
+    0.6,
+    "Skip a simulation whose XLA memory estimate exceeds this fraction of MemAvailable (the box "
+    "is shared: an out-of-memory kill could hit another job).",
+)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISE_NOTE = (
     "Shared 2-core CPU with other jobs running: absolute timings are noisy; ratios are measured "
@@ -114,8 +121,13 @@ def _run_tasks(tasks: list[dict], isolate: bool, timeout_s: int, small: bool) ->
     return results
 
 
-def _tasks(name: str, suite) -> list[dict]:
-    return [dict(task, id=f"{name}/{i}") for i, task in enumerate(suite.tasks)]
+def _tasks(name: str, suite, memory_fraction: float = 0.6) -> list[dict]:
+    """The suite's tasks with unique ids (and the memory guard for single simulations)."""
+    extra = {"sim": {"memory_fraction": memory_fraction}}
+    return [
+        dict(task, id=f"{name}/{i}", **extra.get(task["kind"], {}))
+        for i, task in enumerate(suite.tasks)
+    ]
 
 
 def finish(
@@ -158,7 +170,13 @@ def finish(
     return out
 
 
-def run_benchmarks(names: list[str], small: bool, out_dir: str, isolate: bool | None = None):
+def run_benchmarks(
+    names: list[str],
+    small: bool,
+    out_dir: str,
+    isolate: bool | None = None,
+    memory_fraction: float = 0.6,
+):
     """Runs benchmarks by name; with ``isolate`` off (the ``--small`` default) all their
     configurations share one worker process. Returns {name: JSON object}."""
     isolate = (not small) if isolate is None else isolate
@@ -166,7 +184,7 @@ def run_benchmarks(names: list[str], small: bool, out_dir: str, isolate: bool | 
     outs = {}
     if not isolate:
         load, t = os.getloadavg(), time.perf_counter()
-        tasks = [task for name, suite in suites.items() for task in _tasks(name, suite)]
+        tasks = [t for name, suite in suites.items() for t in _tasks(name, suite, memory_fraction)]
         results = _run_tasks(tasks, False, sum(s.timeout_s for s in suites.values()), small)
         timing = {
             "load_average_before": load,
@@ -179,7 +197,7 @@ def run_benchmarks(names: list[str], small: bool, out_dir: str, isolate: bool | 
     for name, suite in suites.items():
         print(f"== {name}: running {len(suite.tasks)} configurations", flush=True)
         load, t = os.getloadavg(), time.perf_counter()
-        results = _run_tasks(_tasks(name, suite), True, suite.timeout_s, small)
+        results = _run_tasks(_tasks(name, suite, memory_fraction), True, suite.timeout_s, small)
         timing = {
             "load_average_before": load,
             "load_average_after": os.getloadavg(),
@@ -195,7 +213,9 @@ def main(argv: list[str]) -> None:
     if len(names) != 1 or (names[0] != "all" and names[0] not in choices):
         raise app.UsageError(_UNKNOWN.format(name=" ".join(names), choices=", ".join(choices)))
     todo = choices if names[0] == "all" else names
-    outs = run_benchmarks(todo, _SMALL.value, _OUT_DIR.value, _ISOLATE.value)
+    outs = run_benchmarks(
+        todo, _SMALL.value, _OUT_DIR.value, _ISOLATE.value, _MEMORY_FRACTION.value
+    )
     failed = [name for name, out in outs.items() if out["errors"] or not out["rows"]]
     if failed:
         sys.exit(f"Benchmarks with errors: {', '.join(failed)} (see the JSON files' 'errors').")
