@@ -47,6 +47,9 @@ flags.DEFINE_string("loss", _D.loss, "ce or mse.")
 flags.DEFINE_integer("seed", _D.seed, "Root seed (data split, graphs, init, sampling).")
 flags.DEFINE_integer("devices", 0, "Devices to shard clients over; 0 = all accelerators, or 8 "
                      "emulated CPU devices when there is no accelerator.")
+flags.DEFINE_enum("mesh", _D.mesh, ["auto", "flat", "2d"], "Device mesh: 2d tiles a torus on a "
+                  "2-D mesh (one ppermute per mesh axis); flat shards clients on one axis; auto "
+                  "picks 2d for a torus when the device count tiles it.")
 flags.DEFINE_integer("eval_every", _D.eval_every, "Rounds per compiled chunk / evaluation.")
 flags.DEFINE_integer("local_eval_samples", _D.local_eval_samples, "Test samples per local model.")
 flags.DEFINE_float("target_accuracy", _D.target_accuracy, "Report rounds/bytes to this accuracy.")
@@ -103,6 +106,7 @@ def config_from_flags(devices: int) -> Config:
         topology=f.topology, degree=f.degree, mixing=f.mixing, time_varying=f.time_varying,
         graph_pool=f.graph_pool, edge_probability=f.edge_probability,
         torus_shape=_torus(f.torus_shape), topology_file=f.topology_file,
+        mesh=f.mesh,
         link_failure=f.link_failure, client_dropout=f.client_dropout, rounds=f.rounds, lr=f.lr,
         lr_decay=f.lr_decay, batch_size=f.batch_size, local_epochs=f.local_epochs,
         momentum=f.momentum, participation=f.participation, horizons=_horizons(f.horizons),

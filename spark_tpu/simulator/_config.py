@@ -54,6 +54,7 @@ class Config:
     loss: str = "ce"
     seed: int = 0
     devices: int = 8
+    mesh: str = "auto"  # auto | flat | 2d: a torus tiled on a 2-D device mesh (topology docs)
     eval_every: int = 1
     local_eval_samples: int = 2000
     target_accuracy: float = 0.85
