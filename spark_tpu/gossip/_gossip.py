@@ -2,18 +2,41 @@
 
 Inside the sharded round each device holds L client slots. ``round_graph`` turns the plan's tables
 and this round's surviving links into neighbour indices and mixing weights; ``halo`` runs one
-``ppermute`` per device shift of the plan; ``mix`` and ``neighbors`` are then local gathers.
+``ppermute`` per device offset of the plan; ``mix`` and ``neighbors`` are then local gathers.
+
+The client axis is sharded over a 1-D mesh (axis "clients") or a 2-D mesh (axes "rows", "cols",
+flattened row-major into one logical client axis). An offset along one mesh axis is a ``ppermute``
+over that axis alone (neighbours on the interconnect when the mesh comes from JAX's mesh
+utilities); any other offset permutes the flattened axis. ``client_sum`` reduces over whichever of
+these axes the enclosing ``shard_map`` has.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 AXIS = "clients"
+GRID_AXES = ("rows", "cols")
+
+
+def mesh_axes(ndim: int) -> tuple[str, ...]:
+    """Mesh axis names for a client axis sharded over an ``ndim``-D mesh (1 or 2)."""
+    if ndim not in (1, 2):
+        raise ValueError(f"client meshes are 1-D or 2-D, not {ndim}-D")
+    return (AXIS,) if ndim == 1 else GRID_AXES
+
+
+def client_axes() -> tuple[str, ...]:
+    """The mesh axes the client axis is sharded over in the enclosing ``shard_map``."""
+    get = getattr(jax.sharding, "get_abstract_mesh", None)
+    names = tuple(getattr(get(), "axis_names", ())) if get is not None else ()
+    return GRID_AXES if set(GRID_AXES) <= set(names) else (AXIS,)
 
 
 class RoundGraph(NamedTuple):
@@ -22,19 +45,22 @@ class RoundGraph(NamedTuple):
     halo_index: Int[Array, "slots k"]
     neighbor_client: Int[Array, "slots k"]
     weight: Float[Array, "slots k"]
-    self_weight: Float[Array, "slots"]
+    self_weight: Float[Array, " slots"]
     alive: Bool[Array, "slots k"]
-    send: tuple[Int[Array, "rows"], ...]
-    shifts: tuple[int, ...]
-    num_devices: int
+    send: tuple[Int[Array, " rows"], ...]
+    shifts: tuple[tuple[int, ...], ...]
+    mesh_shape: tuple[int, ...]
+
+    @property
+    def num_devices(self) -> int:
+        return math.prod(self.mesh_shape)
 
 
 def degrees(edges: Int[Array, "e 2"], alive: Bool[Array, " e"], num_clients: int) -> Array:
     """Number of surviving links of every client (replicated computation, E is small)."""
     ones = alive.astype(jnp.int32)
-    return (
-        jax.ops.segment_sum(ones, edges[:, 0], num_segments=num_clients)
-        + jax.ops.segment_sum(ones, edges[:, 1], num_segments=num_clients)
+    return jax.ops.segment_sum(ones, edges[:, 0], num_segments=num_clients) + jax.ops.segment_sum(
+        ones, edges[:, 1], num_segments=num_clients
     )
 
 
@@ -44,13 +70,14 @@ def round_graph(
     edges: Int[Array, "e 2"],
     edge_alive: Bool[Array, " e"],
     weight_rule: str,
-    shifts: tuple[int, ...],
-    num_devices: int,
+    shifts: tuple[tuple[int, ...] | int, ...],
+    mesh_shape: tuple[int, ...] | int,
     num_padded_clients: int,
 ) -> RoundGraph:
     """Selects graph ``graph`` of the pool and rebuilds its weights from the surviving links.
 
     ``tables`` are this device's slices of ``GossipPlan.device_tables()`` (leading axis 1).
+    ``shifts`` and ``mesh_shape`` are the plan's (an int stands for a 1-D mesh).
     ``edge_alive`` marks links that exist in this graph and survived failures and dropouts; mixing
     weights are rebuilt from them (SPEC 2), so W stays row-stochastic every round.
     """
@@ -73,20 +100,38 @@ def round_graph(
         raise ValueError(f"unknown weight rule {weight_rule!r}")
     send = tuple(t[f"send_{i}"] for i in range(len(shifts)))
     return RoundGraph(
-        halo_index=t["neighbor_halo"], neighbor_client=t["neighbor_client"],
-        weight=weight.astype(jnp.float32), self_weight=self_weight.astype(jnp.float32),
-        alive=alive, send=send, shifts=shifts, num_devices=num_devices,
+        halo_index=t["neighbor_halo"],
+        neighbor_client=t["neighbor_client"],
+        weight=weight.astype(jnp.float32),
+        self_weight=self_weight.astype(jnp.float32),
+        alive=alive,
+        send=send,
+        shifts=tuple((s,) if isinstance(s, int) else tuple(s) for s in shifts),
+        mesh_shape=(mesh_shape,) if isinstance(mesh_shape, int) else tuple(mesh_shape),
     )
 
 
+def _exchange(offset: tuple[int, ...], mesh_shape: tuple[int, ...]):
+    """(axis name(s), permutation) of the ppermute that sends device e to e + offset."""
+    names = mesh_axes(len(mesh_shape))
+    moving = [i for i, v in enumerate(offset) if v]
+    if len(moving) == 1:  # along one mesh axis: pairs of indices on that axis
+        (i,) = moving
+        n = mesh_shape[i]
+        return names[i], [(e, (e + offset[i]) % n) for e in range(n)]
+    coords = np.stack(np.unravel_index(np.arange(math.prod(mesh_shape)), mesh_shape), axis=1)
+    dst = np.ravel_multi_index(tuple(((coords + offset) % mesh_shape).T), mesh_shape)
+    return names, [(int(e), int(f)) for e, f in enumerate(dst)]
+
+
 def halo(tree, rg: RoundGraph):
-    """Own rows followed by the rows received from every shift: leaves [L, ...] -> [H, ...]."""
+    """Own rows followed by the rows received from every offset: leaves [L, ...] -> [H, ...]."""
+    exchanges = [_exchange(offset, rg.mesh_shape) for offset in rg.shifts]
 
     def one(x):
         parts = [x]
-        for shift, rows in zip(rg.shifts, rg.send):
-            perm = [(e, (e + shift) % rg.num_devices) for e in range(rg.num_devices)]
-            parts.append(jax.lax.ppermute(x[rows], AXIS, perm))
+        for (axis, perm), rows in zip(exchanges, rg.send):
+            parts.append(jax.lax.ppermute(x[rows], axis, perm))
         return jnp.concatenate(parts, axis=0)
 
     return jax.tree.map(one, tree)
@@ -123,7 +168,8 @@ def mix(tree, rg: RoundGraph):
 
 def client_sum(x):
     """Sum over every client on every device (a server's aggregation; psum over the mesh)."""
-    return jax.tree.map(lambda v: jax.lax.psum(jnp.sum(v, axis=0), AXIS), x)
+    axes = client_axes()
+    return jax.tree.map(lambda v: jax.lax.psum(jnp.sum(v, axis=0), axes), x)
 
 
 def sample_links(

@@ -1,7 +1,8 @@
 """Compiled round chunks and evaluation under ``jax.shard_map`` (DESIGN layer 8).
 
 A chunk is ``lax.scan`` over rounds of one algorithm's round function, inside one shard_map over
-the "clients" mesh axis: one XLA program per chunk length, no host round-trips inside it.
+the client mesh axes ("clients", or "rows" × "cols" for a torus tiled on a 2-D mesh, flattened into
+one client axis): one XLA program per chunk length, no host round-trips inside it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ from spark_tpu import gossip
 from spark_tpu.algorithms import Algorithm, ClientData, Model, RoundContext, tree_where
 from spark_tpu.topology import GossipPlan
 
-C = P(gossip.AXIS)
+C = P(gossip.AXIS)  # the client axis on a 1-D mesh; ``client_spec(mesh)`` for any mesh
 R = P()
+
+
+def client_spec(mesh) -> P:
+    """PartitionSpec of the client axis: sharded over every axis of ``mesh``, row-major."""
+    names = tuple(mesh.axis_names)
+    return P(names[0] if len(names) == 1 else names)
 
 
 class Faults(NamedTuple):
@@ -40,9 +47,8 @@ class Inputs(NamedTuple):
     root_key: Any  # replicated key
 
 
-def _in_specs():
-    data = ClientData(C, C, C)
-    return Inputs(data, C, C, R, R, R, R)
+def _in_specs(c: P) -> Inputs:
+    return Inputs(ClientData(c, c, c), c, c, R, R, R, R)
 
 
 def round_context(inputs: Inputs, plan: GossipPlan, faults: Faults, r) -> RoundContext:
@@ -57,13 +63,24 @@ def round_context(inputs: Inputs, plan: GossipPlan, faults: Faults, r) -> RoundC
         inputs.edges[g], inputs.edge_valid[g], k_fail, faults.link_failure, active_all
     )
     rg = gossip.round_graph(
-        inputs.tables, g, inputs.edges[g], alive, plan.weight_rule, plan.shifts,
-        plan.num_devices, q_pad,
+        inputs.tables,
+        g,
+        inputs.edges[g],
+        alive,
+        plan.weight_rule,
+        plan.shifts,
+        plan.mesh_shape,
+        q_pad,
     )
     ids = inputs.client_ids
     return RoundContext(
-        round=r, key=k_algo, client_ids=ids, real=inputs.real[ids], active=active_all[ids],
-        graph=rg, data=inputs.data,
+        round=r,
+        key=k_algo,
+        client_ids=ids,
+        real=inputs.real[ids],
+        active=active_all[ids],
+        graph=rg,
+        data=inputs.data,
     )
 
 
@@ -88,8 +105,12 @@ def make_chunk(algorithm: Algorithm, plan: GossipPlan, mesh, faults: Faults, len
         state, metrics = jax.lax.scan(body, state, rounds)
         return state, start + length, metrics
 
+    c = client_spec(mesh)
     sharded = jax.shard_map(
-        device_fn, mesh=mesh, in_specs=(C, R, _in_specs()), out_specs=(C, R, P(None, gossip.AXIS)),
+        device_fn,
+        mesh=mesh,
+        in_specs=(c, R, _in_specs(c)),
+        out_specs=(c, R, P(None, *c)),
         check_vma=False,
     )
     return jax.jit(sharded, donate_argnums=(0,))
@@ -116,23 +137,32 @@ def make_evaluate(model: Model, mesh, num_clients: int):
         def scale(x):
             return x * w.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
 
-        mean = jax.tree.map(lambda s: s / num_clients, gossip.client_sum(jax.tree.map(scale, params)))
-        dist = jax.tree.map(lambda p, m: jnp.sum((p - m[None]) ** 2, axis=tuple(range(1, p.ndim))),
-                            params, mean)
+        mean = jax.tree.map(
+            lambda s: s / num_clients, gossip.client_sum(jax.tree.map(scale, params))
+        )
+        dist = jax.tree.map(
+            lambda p, m: jnp.sum((p - m[None]) ** 2, axis=tuple(range(1, p.ndim))), params, mean
+        )
         dist = gossip.client_sum(w * sum(jax.tree.leaves(dist))) / num_clients
 
         def acc(p, x, y):
-            return jnp.mean((jnp.argmax(model.apply(p, x), axis=1).astype(y.dtype) == y).astype(jnp.float32))
+            return jnp.mean(
+                (jnp.argmax(model.apply(p, x), axis=1).astype(y.dtype) == y).astype(jnp.float32)
+            )
 
         local = jax.vmap(acc, in_axes=(0, None, None))(params, test.local_x, test.local_y)
         pred = jnp.argmax(model.apply(mean, test.full_x), axis=1).astype(test.full_y.dtype)
         hits = (pred == test.full_y) & test.full_mask
-        correct = jax.lax.psum(jnp.sum(hits.astype(jnp.float32)), gossip.AXIS)
-        total = jax.lax.psum(jnp.sum(test.full_mask.astype(jnp.float32)), gossip.AXIS)
+        correct = gossip.client_sum(hits.astype(jnp.float32))
+        total = gossip.client_sum(test.full_mask.astype(jnp.float32))
         return local, correct / total, dist
 
+    c = client_spec(mesh)
     sharded = jax.shard_map(
-        device_fn, mesh=mesh, in_specs=(C, C, R, TestSet(R, R, C, C, C)), out_specs=(C, R, R),
+        device_fn,
+        mesh=mesh,
+        in_specs=(c, c, R, TestSet(R, R, c, c, c)),
+        out_specs=(c, R, R),
         check_vma=False,
     )
     return jax.jit(sharded)
@@ -148,7 +178,11 @@ def place(tree, mesh, spec):
 
     def one(x):
         if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.device_put(x, sharding) if jax.process_count() == 1 else _replicate_key(x, sharding)
+            return (
+                jax.device_put(x, sharding)
+                if jax.process_count() == 1
+                else _replicate_key(x, sharding)
+            )
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
@@ -173,5 +207,3 @@ def to_host(x) -> np.ndarray:
 def stack_clients(params, count: int):
     """The shared initialization broadcast along a leading client axis."""
     return jax.tree.map(lambda x: jnp.broadcast_to(x[None], (count,) + x.shape), params)
-
-

@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from spark_tpu import gossip
+from spark_tpu import gossip, topology
 
 from . import _build, _engine, _outputs
 from ._config import Config
@@ -29,7 +29,12 @@ DIVERGED = (
 )
 
 
-def make_mesh(devices: int):
+def make_mesh(devices: int, shape: tuple[int, ...] | None = None) -> jax.sharding.Mesh:
+    """The client mesh: (devices,) on axis "clients", or a 2-D (rows, cols) mesh.
+
+    On TPU and GPU the device order comes from ``mesh_utils.create_device_mesh``, so mesh
+    neighbours are interconnect neighbours; on CPU it is a plain reshape.
+    """
     available = jax.devices()
     if devices > len(available):
         raise ValueError(
@@ -37,7 +42,19 @@ def make_mesh(devices: int):
             "visible. On CPU the launcher emulates --devices before JAX starts; in Python call "
             "jax.config.update('jax_num_cpu_devices', N) first."
         )
-    return jax.make_mesh((devices,), (gossip.AXIS,), devices=available[:devices])
+    shape = tuple(shape or (devices,))
+    chosen = available[:devices]
+    if chosen[0].platform in ("tpu", "gpu"):
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(shape, chosen)
+    else:
+        grid = np.asarray(chosen).reshape(shape)
+    names = gossip.mesh_axes(len(shape))
+    axis_type = getattr(jax.sharding, "AxisType", None)  # JAX ≥ 0.5; make_mesh's default
+    if axis_type is None:
+        return jax.sharding.Mesh(grid, names)
+    return jax.sharding.Mesh(grid, names, axis_types=(axis_type.Explicit,) * len(shape))
 
 
 class Simulation:
@@ -45,16 +62,31 @@ class Simulation:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.mesh = make_mesh(cfg.devices)
+        topo = _build.make_topology(cfg)  # --mesh: a torus may tile a 2-D mesh (topology docs)
+        layout = topology.device_layout(
+            topo.name, cfg.clients, cfg.devices, cfg.mesh, topo.torus_shape
+        )
         s = self.setup = _build.build(cfg, cfg.devices)
+        if layout.mesh_shape != s.plan.mesh_shape:
+            s.plan = topology.build_plan(
+                topo.mixing_matrices(), cfg.devices, topo.weight_rule, layout
+            )
+        self.mesh = make_mesh(cfg.devices, s.plan.mesh_shape)
+        c = _engine.client_spec(self.mesh)
+        # Position p of the client axis holds client placement[p]; metrics come back by position.
+        placement = s.plan.placement
+        self._client_order = np.argsort(placement)
         q_pad = s.plan.slots * s.plan.num_devices
         a = s.arrays
         place = lambda t, spec: _engine.place(t, self.mesh, spec)  # noqa: E731
         tables = s.plan.device_tables()
+        data = _engine.ClientData(a.x, a.y, a.mask)
+        if not np.array_equal(placement, np.arange(q_pad)):
+            data = jax.tree.map(lambda v: np.asarray(v)[placement], data)
         self.inputs = _engine.Inputs(
-            data=place(_engine.ClientData(a.x, a.y, a.mask), _engine.C),
-            client_ids=place(np.arange(q_pad, dtype=np.int32), _engine.C),
-            tables=place(tables, _engine.C),
+            data=place(data, c),
+            client_ids=place(placement.astype(np.int32), c),
+            tables=place(tables, c),
             edges=place(s.plan.edges, _engine.R),
             edge_valid=place(s.plan.edge_valid, _engine.R),
             real=place(np.arange(q_pad) < cfg.clients, _engine.R),
@@ -63,11 +95,10 @@ class Simulation:
         self.real = self.inputs.real
         lx, ly, fx, fy, fm = _build.test_arrays(s.dataset, cfg.local_eval_samples, cfg.devices)
         self.test = _engine.TestSet(
-            place(lx, _engine.R), place(ly, _engine.R), place(fx, _engine.C), place(fy, _engine.C),
-            place(fm, _engine.C),
+            place(lx, _engine.R), place(ly, _engine.R), place(fx, c), place(fy, c), place(fm, c)
         )
         stacked = _engine.stack_clients(s.params, q_pad)
-        self.state = place(s.algorithm.init(stacked), _engine.C)
+        self.state = place(s.algorithm.init(stacked), c)
         self.round = place(jnp.asarray(0, jnp.int32), _engine.R)
         self.faults = _engine.Faults(cfg.link_failure, cfg.client_dropout)
         self._chunks = {}
@@ -87,18 +118,18 @@ class Simulation:
         return self._chunks[length]
 
     def advance(self, length: int) -> dict[str, np.ndarray]:
-        """Runs ``length`` rounds; returns per-round, per-client metrics on the host."""
+        """Runs ``length`` rounds; returns per-round metrics [length, Q_pad] by client id."""
         fn = self.chunk(length)
         with jax.transfer_guard_host_to_device("disallow"):
             self.state, self.round, metrics = fn(self.state, self.round, self.inputs)
-        return jax.tree.map(_engine.to_host, metrics)
+        return jax.tree.map(lambda v: _engine.to_host(v)[:, self._client_order], metrics)
 
     def evaluate(self) -> tuple[np.ndarray, float, float]:
         local, agg, dist = self._evaluate(
             self.state.params, self.inputs.client_ids, self.real, self.test
         )
         local, agg, dist = (_engine.to_host(v) for v in (local, agg, dist))
-        return local[: self.cfg.clients], float(agg), float(dist)
+        return local[self._client_order][: self.cfg.clients], float(agg), float(dist)
 
 
 def _round_rows(metrics, start: int, clients: int, seconds: float, bytes_so_far: float):
@@ -163,10 +194,14 @@ def run(cfg: Config, workdir: str, *, progress: bool = True, hooks=None) -> dict
         seconds = time.perf_counter() - t
         _check_finite(metrics, done, cfg.clients, workdir)
         if "tau" in metrics:
-            taus.update(metrics["tau"][:, : cfg.clients][metrics["active"][:, : cfg.clients]].tolist())
+            taus.update(
+                metrics["tau"][:, : cfg.clients][metrics["active"][:, : cfg.clients]].tolist()
+            )
         new, bytes_so_far = _round_rows(metrics, done, cfg.clients, seconds, bytes_so_far)
         local, agg, dist = sim.evaluate()
-        new[-1].update(mean_local_acc=float(local.mean()), aggregated_acc=agg, consensus_distance=dist)
+        new[-1].update(
+            mean_local_acc=float(local.mean()), aggregated_acc=agg, consensus_distance=dist
+        )
         rows += new
         done += length
         if hooks is not None:
@@ -221,7 +256,8 @@ def _finish(cfg, sim, rows, workdir, taus, setup_seconds, run_seconds) -> dict:
     if writer:
         _outputs.write_json(os.path.join(workdir, "summary.json"), summary)
         _outputs.plot_accuracy(
-            os.path.join(workdir, "accuracy.png"), rows,
+            os.path.join(workdir, "accuracy.png"),
+            rows,
             f"{cfg.algorithm} on {cfg.dataset}, {cfg.clients} clients, {cfg.partition} α={cfg.alpha}",
         )
     return summary

@@ -9,6 +9,12 @@ from ._graphs import random_regular as random_regular
 from ._graphs import ring as ring
 from ._graphs import star as star
 from ._graphs import torus as torus
+from ._layout import MESH_MODES as MESH_MODES
+from ._layout import DeviceLayout as DeviceLayout
+from ._layout import device_layout as device_layout
+from ._layout import flat_layout as flat_layout
+from ._layout import torus_mesh_shapes as torus_mesh_shapes
+from ._layout import torus_tiles as torus_tiles
 from ._mixing import check_row_stochastic as check_row_stochastic
 from ._mixing import metropolis_hastings as metropolis_hastings
 from ._mixing import mixing_matrix as mixing_matrix
