@@ -228,6 +228,16 @@ def test_layout_errors_name_the_flags():
         topology.device_layout("torus", 32, 8, "2d", (4, 4))
 
 
+def test_simulation_rejects_2d_that_does_not_fit():
+    base = {"dataset": "digits", "clients": 30, "samples_per_client": 20, "devices": 8}
+    with pytest.raises(ValueError, match="--mesh=2d with --topology=regular"):
+        simulator.Simulation(simulator.Config(**base, topology="regular", mesh="2d"))
+    with pytest.raises(ValueError, match="--mesh=2d with --torus_shape=5x6 and --devices=8"):
+        simulator.Simulation(simulator.Config(
+            **base, topology="torus", torus_shape=(5, 6), time_varying=False, mesh="2d"
+        ))
+
+
 SMALL = {
     "dataset": "digits", "samples_per_client": 20, "rounds": 3, "local_eval_samples": 100,
     "horizons": (4, 8, 16), "partition": "dirichlet", "alpha": 0.5, "topology": "torus",

@@ -72,6 +72,7 @@ class Simulation:
                 topo.mixing_matrices(), cfg.devices, topo.weight_rule, layout
             )
         self.mesh = make_mesh(cfg.devices, s.plan.mesh_shape)
+        logging.info("mesh %s, %d halo exchanges", dict(self.mesh.shape), len(s.plan.shifts))
         c = _engine.client_spec(self.mesh)
         # Position p of the client axis holds client placement[p]; metrics come back by position.
         placement = s.plan.placement
@@ -242,6 +243,7 @@ def _finish(cfg, sim, rows, workdir, taus, setup_seconds, run_seconds) -> dict:
         "partition": sim.setup.partition_summary,
         "topology": sim.setup.topology_summary,
         "devices": f"{cfg.devices} x {jax.devices()[0].device_kind}",
+        "mesh": {str(k): int(v) for k, v in sim.mesh.shape.items()},
         "final": {k: last.get(k) for k in _outputs.COLUMNS if k != "seconds"},
         "best_aggregated_acc": max(r.get("aggregated_acc", 0) or 0 for r in rows),
         "target_accuracy": cfg.target_accuracy,
