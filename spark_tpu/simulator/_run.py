@@ -62,11 +62,11 @@ class Simulation:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        s = self.setup = _build.build(cfg, cfg.devices)
         topo = _build.make_topology(cfg)  # --mesh: a torus may tile a 2-D mesh (topology docs)
         layout = topology.device_layout(
             topo.name, cfg.clients, cfg.devices, cfg.mesh, topo.torus_shape
         )
-        s = self.setup = _build.build(cfg, cfg.devices)
         if layout.mesh_shape != s.plan.mesh_shape:
             s.plan = topology.build_plan(
                 topo.mixing_matrices(), cfg.devices, topo.weight_rule, layout
