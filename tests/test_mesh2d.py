@@ -4,6 +4,9 @@ to a float64 dense W @ X, and simulator metrics equal to the flat client axis.""
 import csv
 import functools
 import os
+import socket
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -276,3 +279,40 @@ def test_simulator_same_metrics_2d_and_flat(tmp_path, algorithm, clients, shape,
     two_d = _metrics(tmp_path, "2d", **kw, mesh="2d")
     flat = _metrics(tmp_path, "flat", **kw, mesh="flat")
     np.testing.assert_allclose(two_d, flat, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_on_2d_mesh_match_one(tmp_path):
+    """Multi-host: a 2 x 4 mesh whose rows are two processes of 4 CPU devices each (gloo
+    collectives) gives the metrics of one process with 8 devices."""
+    args = [
+        "--algorithm=dgd", "--dataset=digits", "--clients=32", "--samples_per_client=16",
+        "--rounds=2", "--topology=torus", "--torus_shape=4x8", "--notime_varying",
+        "--local_eval_samples=100", "--devices=8", "--mesh=2d", "--link_failure=0.2",
+    ]
+    cmd = [sys.executable, "-m", "launch_tpu.main", *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    subprocess.run([*cmd, f"--output_dir={tmp_path / 'one'}"], check=True, env=env,
+                   capture_output=True)
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            [*cmd, f"--output_dir={tmp_path / 'two'}", f"--coordinator_address=localhost:{port}",
+             "--num_processes=2", f"--process_id={i}"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+
+    def read(name):
+        with open(tmp_path / name / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        return np.array([[float(v or "nan") for k, v in r.items() if k != "seconds"] for r in rows])
+
+    np.testing.assert_allclose(read("two"), read("one"), rtol=1e-5, atol=1e-6)
+    with open(tmp_path / "two" / "summary.json") as f:
+        assert '"rows": 2' in f.read()
