@@ -18,7 +18,9 @@ on the padded shapes):
   example, ``≈ 2 N C P`` (+ the forward ``2 N P``), then ``einsum('ncp,mcp->nm')``: ``2 N² C P``.
 - Solver (`solve_function_space`, RK with ``s`` stages): one ``[C, N] × [N, N]`` product
   (``2 N² C``) per stage; ``8`` warm-up grid steps take ``4`` substeps (the default), the other
-  ``T_max − 8`` one. RK4 with T_max = 800: ``4 (8·4 + 792) = 3,296`` products.
+  ``T_max − 8`` one: RK4 with T_max = 800 makes ``4 (8·4 + 792) = 3,296`` products. With
+  ``--solver_stride=m`` the steps after grid step 32 span m grid intervals (`ntk.count_products`):
+  ``m = 4`` makes 993.
 - Weight steps and selection: the forward at w ``2 N P``, one VJP per horizon (``2 N P`` for the
   weight gradients + ``2 N C d_{L-1}`` back through the last layer) and one forward per horizon at
   ``w + Δw_τ`` (``2 N P``).
@@ -70,20 +72,21 @@ def materialized_kernel_flops(n: int, widths: list[int]) -> float:
     return 2 * n * n * classes * p + 2 * n * classes * p + 2 * n * p
 
 
-def solver_products(horizons, solver: str = "rk4") -> int:
+def solver_products(horizons, solver: str = "rk4", stride: int = 1) -> int:
     """Number of ``[C, N] × [N, N]`` kernel products of `solve_function_space` per client."""
-    stages = len(ntk.TABLEAUX[solver].b)
-    total = max(horizons)
-    warm = 0 if solver == "euler" else min(WARMUP_STEPS, total)
-    return stages * (warm * WARMUP_SUBSTEPS + (total - warm))
+    return ntk.count_products(
+        horizons, solver, warmup_steps=None if solver == "euler" else WARMUP_STEPS,
+        warmup_substeps=WARMUP_SUBSTEPS, stride=stride,
+    )  # fmt: skip
 
 
 def round_flops(
-    n: int, widths: list[int], horizons, clients: int, solver: str = "rk4", teacher: bool = False
-) -> dict[str, float]:
+    n: int, widths: list[int], horizons, clients: int, solver: str = "rk4", teacher: bool = False,
+    stride: int = 1,
+) -> dict[str, float]:  # fmt: skip
     """FLOPs of one NTK-DFL (or SPARK, ``teacher=True``) round over ``clients`` client slots."""
     classes, p, h = widths[-1], num_params(widths), len(horizons)
-    products = solver_products(horizons, solver)
+    products = solver_products(horizons, solver, stride)
     per_client = {
         "kernel": kernel_flops(n, widths),
         "solver": products * 2.0 * n * n * classes,

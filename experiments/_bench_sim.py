@@ -112,6 +112,7 @@ def _add_flops(row: dict, sim, matmul: bool) -> None:
         row["client_slots"],
         sim.cfg.solver,
         teacher=sim.cfg.algorithm == "spark",
+        stride=sim.cfg.solver_stride,
     )
     row.update(fl, achieved_gflops=fl["total_gflop"] / row["seconds_per_round"])
     if matmul:

@@ -42,7 +42,14 @@ flags.DEFINE_float("momentum", None, "Local momentum for dfedavgm/fedavg.")
 flags.DEFINE_float("participation", _D.participation, "Fraction of clients sampled per round "
                    "(fedavg, ntk_fl).")
 flags.DEFINE_list("horizons", [str(h) for h in _D.horizons], "NTK evolution horizons τ.")
-flags.DEFINE_string("solver", _D.solver, "Function-space solver: rk4 (accurate) or euler.")
+flags.DEFINE_string(
+    "solver", _D.solver, "Function-space solver: rk4 (default), bosh3, dopri5, midpoint or euler."
+)
+flags.DEFINE_integer(
+    "solver_stride", _D.solver_stride,
+    "Grid intervals per solver step after the first 32 (Hermite-interpolated residuals in "
+    "between): fewer kernel products per round; experiments/solver_stride.py measures the error.",
+)  # fmt: skip
 flags.DEFINE_string("loss", _D.loss, "ce or mse.")
 flags.DEFINE_integer("seed", _D.seed, "Root seed (data split, graphs, init, sampling).")
 flags.DEFINE_integer("devices", 0, "Devices to shard clients over; 0 = all accelerators, or 8 "
@@ -110,7 +117,7 @@ def config_from_flags(devices: int) -> Config:
         link_failure=f.link_failure, client_dropout=f.client_dropout, rounds=f.rounds, lr=f.lr,
         lr_decay=f.lr_decay, batch_size=f.batch_size, local_epochs=f.local_epochs,
         momentum=f.momentum, participation=f.participation, horizons=_horizons(f.horizons),
-        solver=f.solver, loss=f.loss, seed=f.seed, devices=devices, eval_every=f.eval_every,
+        solver=f.solver, solver_stride=f.solver_stride, loss=f.loss, seed=f.seed, devices=devices, eval_every=f.eval_every,
         local_eval_samples=f.local_eval_samples, target_accuracy=f.target_accuracy,
         checkpoint_every=f.checkpoint_every, keep_checkpoints=f.keep_checkpoints,
         spark_stages=f.spark_stages, spark_options=_spark_options(f.spark),

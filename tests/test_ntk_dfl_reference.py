@@ -8,7 +8,7 @@ from _reference import flat_params, ntk_step
 
 from spark_tpu import simulator
 
-ETA0, DECAY, HORIZONS, Q = 0.05, 0.07, (3, 6, 12), 6
+ETA0, DECAY, HORIZONS, Q = 0.05, 0.07, (3, 6, 12, 48), 6  # 48: strided solver steps after 32
 
 
 @pytest.mark.parametrize("devices", [1, 4])

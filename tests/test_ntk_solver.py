@@ -220,3 +220,34 @@ def test_lr_schedule_decays_exponentially():
     np.testing.assert_allclose(schedule(0), 0.01, rtol=1e-6)
     np.testing.assert_allclose(jax.jit(schedule)(jnp.asarray(5)), 0.01 * np.exp(-0.35), rtol=1e-6)
     assert schedule(3).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("stride, tol", [(2, 1e-4), (3, 1e-4), (4, 1e-4)])
+def test_strided_solver_matches_dop853_at_every_grid_point(digits_problem, stride, tol):
+    """Steps of stride·η after the first 32 grid steps, with Hermite-interpolated residuals at
+    the grid points inside each step: logits and residual sums at *every* horizon (interior grid
+    points, step ends, and the single-step remainder 160 - 32 = 128 ≢ 0 mod 3) against DOP853."""
+    kernel, f0, y, eta = digits_problem
+    steps = 160
+    ref = _dop853(kernel, f0, y, eta, steps)
+    ref_sums = np.cumsum(_softmax(ref[:-1]) - y, axis=0)
+    horizons = tuple(range(1, steps + 1))
+    displacement = np.linalg.norm(ref - ref[0], axis=(1, 2)).max()
+    sol = _solve(kernel, f0, y, eta, horizons, stride=stride)
+    f_err = np.linalg.norm(sol.logits - ref[1:], axis=(1, 2)) / displacement
+    r_err = np.linalg.norm(sol.residual_sums - ref_sums, axis=(1, 2)) / np.linalg.norm(
+        ref_sums, axis=(1, 2)
+    )
+    assert max(f_err.max(), r_err.max()) <= tol, (f_err.max(), r_err.max())
+    np.testing.assert_allclose(sol.final_logits, ref[-1], atol=tol * displacement)
+
+
+def test_strided_solver_fails_visibly_when_too_coarse(digits_problem):
+    """The same comparison rejects a stride past rk4's stability limit (the check can fail)."""
+    kernel, f0, y, eta = digits_problem
+    ref = _dop853(kernel, f0, y, eta, 96)
+    sol = _solve(kernel, f0, y, eta, (96,), stride=16, stride_from=0)
+    err = np.linalg.norm(sol.logits[0] - ref[-1]) / np.linalg.norm(ref[-1] - ref[0])
+    assert not err <= 1e-2  # NaN (blown up) or far off
+    with pytest.raises(ValueError, match="stride"):
+        _solve(kernel, f0, y, eta, (10,), stride=0)

@@ -119,13 +119,15 @@ def _gather_sampled(ctx: RoundContext, chosen, position, count: int):
     return flat(x), flat(y), flat(mask) > 0
 
 
-def _server_step(model: Model, w, pooled, *, num_classes, eta, horizons, solver, make_objective):
+def _server_step(
+    model: Model, w, pooled, *, num_classes, eta, horizons, solver, make_objective, stride
+):
     """SPEC 3 from w on the pooled data: (w + Δw_τ*, τ*, loss of w)."""
     x, y, mask = pooled
     objective = make_objective(jax.nn.one_hot(y, num_classes, dtype=x.dtype), mask)
     net = eqx.combine(w, model.static)
     new, info = ntk.ntk_evolution_step(
-        net, x, objective, mask, eta=eta, horizons=horizons, solver=solver
+        net, x, objective, mask, eta=eta, horizons=horizons, solver=solver, stride=stride
     )
     return eqx.partition(new, eqx.is_array)[0], info.tau, info.initial_loss
 
@@ -156,7 +158,7 @@ def ntk_fl_bytes(ctx: RoundContext, chosen, params_one, num_classes: int):
 def ntk_fl(
     model: Model, *, num_clients: int, num_classes: int, participation: float = 0.07,
     eta: float = 0.01, horizons=NTK_FL_HORIZONS, solver: str = "rk4", loss: str = "ce",
-    replicate_server: bool = False,
+    replicate_server: bool = False, solver_stride: int = 4,
 ) -> Algorithm:
     """NTK-FL (SPEC 4) with a constant step η and the server step on one device.
 
@@ -170,6 +172,7 @@ def ntk_fl(
         solver: a key of `spark_tpu.ntk.TABLEAUX`; MSE always uses the exact closed form.
         loss: "ce" or "mse".
         replicate_server: run the server step on every device (measurement only).
+        solver_stride: grid intervals per solver step after the first 32.
     """
     count = max(1, round(participation * num_clients))
     make_objective = ntk.cross_entropy if loss == "ce" else ntk.mse
@@ -177,7 +180,7 @@ def ntk_fl(
         solver = "mse_closed_form"
     options = {
         "num_classes": num_classes, "eta": eta, "horizons": tuple(horizons), "solver": solver,
-        "make_objective": make_objective,
+        "make_objective": make_objective, "stride": solver_stride,
     }
 
     def round_(state: NTKFLState, ctx: RoundContext):

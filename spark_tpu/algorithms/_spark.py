@@ -119,7 +119,7 @@ def _teacher_logits(model: Model, averaged, pooled, ctx, teacher: str, client_ba
 def spark(
     model: Model, *, num_classes: int, stages: str = "", rounds: int, options: dict | None = None,
     eta0: float = 0.01, lr_decay: float = 0.07, horizons=(100, 200, 400, 600, 800),
-    solver: str = "rk4", loss: str = "ce", client_batch: int = 0,
+    solver: str = "rk4", loss: str = "ce", client_batch: int = 0, solver_stride: int = 4,
 ) -> Algorithm:
     """SPARK. Per round k, with (λ, T, μ) from the stage schedule at k:
 
@@ -154,7 +154,7 @@ def spark(
         new, info = evolve_clients(
             model, start, pooled, objective, eta=eta(ctx.round), num_classes=num_classes,
             horizons=tuple(horizons), solver=solver, client_batch=client_batch,
-            step_options=_projection_step(model, start, ctx, opts),
+            step_options={**_projection_step(model, start, ctx, opts), "stride": solver_stride},
         )
         if not nesterov:
             new = jax.tree.map(lambda w, v: w + hp["mu"] * v, new, buf)

@@ -66,6 +66,7 @@ TABLEAUX: dict[str, Tableau] = {
 }
 
 DEFAULT_WARMUP_STEPS = 8
+DEFAULT_STRIDE_FROM = 32
 _UNKNOWN_SOLVER = "Unknown solver {name!r}; choose one of {choices} (or 'mse_closed_form')."
 
 
@@ -136,12 +137,84 @@ def _scan_grid(
     return jax.lax.scan(grid_step, carry, steps)[0]
 
 
-def _check_counts(substeps: int, warmup_steps: int, warmup_substeps: int) -> None:
-    if int(substeps) < 1 or int(warmup_substeps) < 1 or int(warmup_steps) < 0:
+def _hermite(g0, d0, g1, d1, span, theta):
+    """Cubic Hermite interpolant at fractions `theta` [m] of a step of length `span` -> [m, ...]."""
+    t = theta.reshape((-1,) + (1,) * g0.ndim)
+    t2, t3 = t * t, t * t * t
+    g0, d0, g1, d1 = (v[None] for v in (g0, span * d0, g1, span * d1))
+    return (
+        (2 * t3 - 3 * t2 + 1) * g0
+        + (t3 - 2 * t2 + t) * d0
+        + (3 * t2 - 2 * t3) * g1
+        + (t3 - t2) * d1
+    )
+
+
+def _scan_strided(carry, first, blocks, stride, *, rhs, residual_t, h, tableau, stops):
+    """`blocks` RK steps of ``stride`` grid intervals each, from grid step `first`.
+
+    The residual at the grid points inside a step comes from the cubic Hermite interpolant of the
+    step's end points and slopes (4th-order accurate, like RK4 itself); it costs a softmax per
+    grid point and no kernel product, since the end slope is the next step's first stage.
+    """
+    dtype = carry[0].dtype
+    theta = jnp.arange(stride, dtype=dtype) / stride
+    span = h * stride
+
+    def block(state, t0):
+        (g, running, sums, snaps), d = state
+        g1 = _rk_step(rhs, g, d, span, tableau)
+        d1 = rhs(g1)
+        inner = _hermite(g, d, g1, d1, span, theta)  # [stride, C, N]; inner[0] == g
+        partial = running[None] + jnp.cumsum(jax.vmap(residual_t)(inner), axis=0)
+        # Horizon τ in (t0, t0 + stride]: sum of residuals at t0 .. τ-1 = partial[τ - t0 - 1].
+        offset = stops - t0 - 1
+        hit = ((offset >= 0) & (offset < stride))[:, None, None]
+        at_end = (offset == stride - 1)[:, None, None]
+        inside = jnp.take(inner, jnp.clip(offset + 1, 0, stride - 1), axis=0)
+        point = jnp.where(at_end, g1[None], inside)
+        sums = jnp.where(hit, jnp.take(partial, jnp.clip(offset, 0, stride - 1), axis=0), sums)
+        snaps = jnp.where(hit, point, snaps)
+        return ((g1, partial[-1], sums, snaps), d1), None
+
+    if blocks == 0:
+        return carry
+    starts = first + stride * jnp.arange(blocks, dtype=jnp.int32)
+    (carry, _), _ = jax.lax.scan(block, (carry, rhs(carry[0])), starts)
+    return carry
+
+
+def _check_counts(substeps: int, warmup_steps: int, warmup_substeps: int, stride: int) -> None:
+    if min(int(substeps), int(warmup_substeps), int(stride)) < 1 or int(warmup_steps) < 0:
         raise ValueError(
-            "substeps and warmup_substeps must be >= 1 and warmup_steps >= 0; got "
-            f"{substeps!r}, {warmup_substeps!r}, {warmup_steps!r}."
+            "substeps, warmup_substeps and stride must be >= 1 and warmup_steps >= 0; got "
+            f"{substeps!r}, {warmup_substeps!r}, {stride!r}, {warmup_steps!r}."
         )
+    if int(stride) > 1 and int(substeps) > 1:
+        raise ValueError(f"Use stride > 1 or substeps > 1, not both; got {stride!r}, {substeps!r}.")
+
+
+def count_products(
+    horizons: Sequence[int],
+    solver: str = "rk4",
+    *,
+    substeps: int = 1,
+    warmup_steps: int | None = None,
+    warmup_substeps: int = 4,
+    stride: int = 1,
+    stride_from: int = DEFAULT_STRIDE_FROM,
+) -> int:
+    """Kernel products ``[C, N] × [N, N]`` that `solve_function_space` runs with these options."""
+    stages = len(get_tableau(solver).b)
+    total = max(check_horizons(horizons))
+    if warmup_steps is None:
+        warmup_steps = 0 if solver == "euler" else DEFAULT_WARMUP_STEPS
+    warm = min(int(warmup_steps), total)
+    start = min(max(warm, int(stride_from)), total) if stride > 1 else total
+    blocks = (total - start) // stride
+    fine = total - warm - blocks * stride
+    out = stages * (warm * max(warmup_substeps, substeps) + fine * substeps)
+    return out + (1 + stages * blocks if blocks else 0)
 
 
 def solve_function_space(
@@ -156,6 +229,8 @@ def solve_function_space(
     substeps: int = 1,
     warmup_steps: int | None = None,
     warmup_substeps: int = 4,
+    stride: int = 1,
+    stride_from: int = DEFAULT_STRIDE_FROM,
 ) -> FunctionSpaceSolution:
     """Integrates the kernel flow on the grid ``s_t = t·η`` and sums residuals per horizon.
 
@@ -172,6 +247,14 @@ def solve_function_space(
             each, resolving the stiff initial transient (the largest error source). None: 0 for
             ``"euler"`` (which then stays exactly discrete GD), 8 otherwise.
         warmup_substeps: substeps during the warm-up intervals.
+        stride: static number of grid intervals per solver step after the warm-up (default 1).
+            With ``stride > 1`` each RK step spans ``stride·η`` and the residuals at the grid
+            points inside it come from the step's cubic Hermite interpolant, so a round costs
+            about ``1/stride`` of the kernel products. Grid intervals past the last whole stride
+            take one step each.
+        stride_from: grid step where strided steps begin (at least the warm-up's end); before it
+            steps are one grid interval. The flow is stiffest early, before the softmax saturates,
+            so this buys stability for longer strides (see ``experiments/solver_stride.py``).
 
     Returns:
         A `FunctionSpaceSolution`.
@@ -180,7 +263,7 @@ def solve_function_space(
     horizons = check_horizons(horizons)
     if warmup_steps is None:
         warmup_steps = 0 if solver == "euler" else DEFAULT_WARMUP_STEPS
-    _check_counts(substeps, warmup_steps, warmup_substeps)
+    _check_counts(substeps, warmup_steps, warmup_substeps, stride)
     dtype = f0.dtype
     scale = -1.0 / jnp.asarray(num_samples, dtype)
     # Work in the classes-first layout g = fᵀ: ``rᵀ K`` (= (K r)ᵀ, K symmetric) is the fast
@@ -208,7 +291,15 @@ def solve_function_space(
         "stops": jnp.asarray(horizons, jnp.int32),
     }
     carry = _scan_grid(carry, 0, warm, max(int(warmup_substeps), int(substeps)), **common)
-    carry = _scan_grid(carry, warm, total - warm, int(substeps), **common)
+    stride = int(stride)
+    start = min(max(warm, int(stride_from)), total) if stride > 1 else total
+    carry = _scan_grid(carry, warm, start - warm, int(substeps), **common)
+    blocks = (total - start) // stride
+    if blocks:
+        strided = {k: v for k, v in common.items() if k != "kernel_product"}
+        carry = _scan_strided(carry, start, blocks, stride, **strided)
+    end = start + blocks * stride
+    carry = _scan_grid(carry, end, total - end, int(substeps), **common)
     g, _, sums, snaps = carry
     return FunctionSpaceSolution(
         residual_sums=jnp.swapaxes(sums, 1, 2),

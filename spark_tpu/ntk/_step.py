@@ -13,7 +13,12 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree, Scalar
 from ._closed_form import closed_form_from_residual
 from ._kernel import trace_kernel
 from ._objective import Objective
-from ._solver import FunctionSpaceSolution, check_horizons, solve_function_space
+from ._solver import (
+    DEFAULT_STRIDE_FROM,
+    FunctionSpaceSolution,
+    check_horizons,
+    solve_function_space,
+)
 from ._weights import batched_forward
 
 
@@ -90,6 +95,8 @@ def ntk_evolution_step(
     substeps: int = 1,
     warmup_steps: int | None = None,
     warmup_substeps: int = 4,
+    stride: int = 1,
+    stride_from: int = DEFAULT_STRIDE_FROM,
     kernel_fn: Callable[..., Array] = trace_kernel,
     linearize_fn: Callable[..., tuple[Array, Callable[[Array], PyTree]]] | None = None,
 ) -> tuple[eqx.Module, StepInfo]:
@@ -107,7 +114,7 @@ def ntk_evolution_step(
         eta: step size η (may be traced).
         horizons: static tuple of integer horizons T.
         solver: a key of `spark_tpu.ntk.TABLEAUX` or ``"mse_closed_form"`` (MSE objectives only).
-        substeps, warmup_steps, warmup_substeps: static solver options, see
+        substeps, warmup_steps, warmup_substeps, stride, stride_from: static solver options, see
             `solve_function_space` (ignored by ``"mse_closed_form"``).
         kernel_fn: ``(model, x, mask) -> [N, N]``; `trace_kernel` by default.
         linearize_fn: optional ``(model, x, mask) -> (K, jtr)`` replacing both `kernel_fn` and the
@@ -131,7 +138,8 @@ def ntk_evolution_step(
         vjp_fn = lambda r: (jtr(r),)  # noqa: E731
     solution = _solve(
         kernel, f0, objective, n, eta=eta, horizons=horizons, solver=solver, substeps=substeps,
-        warmup_steps=warmup_steps, warmup_substeps=warmup_substeps,
+        warmup_steps=warmup_steps, warmup_substeps=warmup_substeps, stride=stride,
+        stride_from=stride_from,
     )  # fmt: skip
     deltas = weight_steps(vjp_fn, solution.residual_sums, eta=eta, num_samples=n)
     index, losses = select_horizon(params, apply, x, deltas, objective)

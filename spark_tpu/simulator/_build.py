@@ -55,6 +55,7 @@ def make_algorithm(cfg: Config, model: algorithms.Model, num_classes: int) -> al
     ntk_options = dict(
         num_classes=num_classes, eta0=hp["lr"], lr_decay=cfg.lr_decay, horizons=cfg.horizons,
         solver=cfg.solver, loss=cfg.loss, client_batch=cfg.client_batch,
+        solver_stride=cfg.solver_stride,
     )
     if a == "ntk_dfl":
         return algorithms.ntk_dfl(model, **ntk_options)
@@ -69,6 +70,7 @@ def make_algorithm(cfg: Config, model: algorithms.Model, num_classes: int) -> al
         return algorithms.ntk_fl(
             model, num_clients=cfg.clients, num_classes=num_classes,
             participation=cfg.participation, eta=hp["lr"], solver=cfg.solver, loss=cfg.loss,
+            solver_stride=cfg.solver_stride,
             horizons=algorithms.NTK_FL_HORIZONS if left_default else cfg.horizons,
         )
     raise ValueError(f"--algorithm={a} is not available yet.")

@@ -15,6 +15,7 @@ ALIASES = {"dpsgd": "dgd", "d-psgd": "dgd"}
 PARTITIONS = ("dirichlet", "dirichlet_disjoint", "iid", "shards")
 MODELS = ("mlp", "cnn", "ntk_mlp")
 LOSSES = ("ce", "mse")
+SOLVERS = ("rk4", "bosh3", "dopri5", "midpoint", "euler")  # keys of spark_tpu.ntk.TABLEAUX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Config:
     participation: float = 0.07
     horizons: tuple[int, ...] = (100, 200, 400, 600, 800)
     solver: str = "rk4"
+    solver_stride: int = 4  # grid intervals per solver step after step 32 (experiments/solver_stride.py)
     client_batch: int = 0  # NTK: 0 = by platform (map on CPU, vmap on GPU/TPU); k = batches of k
     loss: str = "ce"
     seed: int = 0
@@ -73,6 +75,8 @@ class Config:
         _positive("--clients", self.clients, minimum=2)
         _positive("--samples_per_client", self.samples_per_client)
         _positive("--rounds", self.rounds)
+        _positive("--solver_stride", self.solver_stride)
+        _choice("--solver", self.solver, SOLVERS)
         _positive("--devices", self.devices)
         _positive("--eval_every", self.eval_every)
         _positive("--local_eval_samples", self.local_eval_samples)
