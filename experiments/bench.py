@@ -131,16 +131,21 @@ def _tasks(name: str, suite, memory_fraction: float = 0.6) -> list[dict]:
 
 
 def finish(
-    name: str, suite, results: dict, small: bool, isolate: bool, out_dir: str, timing: dict
-) -> dict:
+    name: str, suite, results: dict, small: bool, isolate: bool, out_dir: str, timing: dict,
+    memory_fraction: float = 0.6,
+) -> dict:  # fmt: skip
     """Rows, summary, JSON and PNG of one benchmark from its tasks' results; prints its table."""
+    flags_used = (" --small" if small else "") + (
+        f" --memory_fraction={memory_fraction}" if memory_fraction != 0.6 else ""
+    )
     ordered = [results[task["id"]] for task in _tasks(name, suite)]
     rows = [row for r in ordered for row in r["rows"]]
     out = {
         "benchmark": name,
         "title": suite.title,
         "small": small,
-        "command": f"python -m experiments.bench {name}" + (" --small" if small else ""),
+        "command": f"python -m experiments.bench {name}{flags_used}",
+        "memory_fraction": memory_fraction,
         "note": NOISE_NOTE,
         "memory": "peak_rss_mb is ru_maxrss of the measuring process; "
         + (
@@ -192,7 +197,9 @@ def run_benchmarks(
             "wall_s_all_benchmarks_together": time.perf_counter() - t,
         }
         for name, suite in suites.items():
-            outs[name] = finish(name, suite, results, small, isolate, out_dir, timing)
+            outs[name] = finish(
+                name, suite, results, small, isolate, out_dir, timing, memory_fraction
+            )
         return outs
     for name, suite in suites.items():
         print(f"== {name}: running {len(suite.tasks)} configurations", flush=True)
@@ -203,7 +210,7 @@ def run_benchmarks(
             "load_average_after": os.getloadavg(),
             "wall_s": time.perf_counter() - t,
         }
-        outs[name] = finish(name, suite, results, small, isolate, out_dir, timing)
+        outs[name] = finish(name, suite, results, small, isolate, out_dir, timing, memory_fraction)
     return outs
 
 
