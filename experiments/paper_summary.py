@@ -1,0 +1,218 @@
+"""Seed-aggregated summary of the paper-scale sweep (issue 5): tables, plots and the claims.
+
+    python -m experiments.paper --alphas=0.05,0.1,0.3,0.5,iid --seeds=0,1,2   # the runs (GPU)
+    python -m experiments.paper_summary                                       # this summary
+
+Reads ``results/paper_<alpha>_s<seed>.json`` (curves and summaries written by experiments.paper)
+and, for runs whose JSON is missing, the tables they printed, collected in
+``results/paper_printed.md``. Writes ``results/paper_summary.{json,md}``, the per-α plots
+``results/paper_summary.png`` (rounds to target and final accuracy against α, mean ± std over
+seeds) and re-draws ``results/paper_<alpha>_s<seed>.{png,md}`` from the JSON curves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+
+import numpy as np
+from absl import app, flags
+
+from experiments import _grid
+
+flags.DEFINE_list("alphas", ["0.05", "0.1", "0.3", "0.5", "iid"], "Heterogeneity levels.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+flags.DEFINE_float("target", 0.85, "Target accuracy (as in experiments.paper).")
+FLAGS = flags.FLAGS
+
+METHODS = ("spark", "ntk_dfl", "ntk_dfl+momentum", "dfedavg", "dfedavgm", "dpsgd")
+NTK = ("spark", "ntk_dfl", "ntk_dfl+momentum")
+BASELINES = ("dfedavg", "dfedavgm", "dpsgd")
+
+
+def _row_from_json(res: dict, target: float) -> dict:
+    curve = [r for r in res["curve"] if not math.isnan(r["aggregated_acc"])]
+    rnd, b = _grid.rounds_to(curve, target)
+    return {
+        "final_acc": curve[-1]["aggregated_acc"],
+        "best_acc": max(r["aggregated_acc"] for r in curve),
+        "final_local_acc": curve[-1]["mean_local_acc"],
+        "rounds_to_target": rnd,
+        "gb_to_target": None if b is None else b / 1e9,
+        "rounds_run": int(curve[-1]["round"]),
+        "s_per_round": res["summary"]["seconds_per_round"],
+        "source": "json",
+    }
+
+
+def _printed_rows(path: str) -> dict:
+    """{(grid, method): row} from the Markdown tables in paper_printed.md."""
+    out, grid = {}, None
+    if not os.path.exists(path):
+        return out
+    for line in open(path):
+        if line.startswith("## "):
+            grid = line[3:].strip()
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if grid is None or len(cells) != 7 or cells[0] in ("run", "---"):
+            continue
+        label, final, best, local, rounds, gb, spr = cells
+        reached = re.fullmatch(r"\d+", rounds)
+        out[(grid, label)] = {
+            "final_acc": float(final),
+            "best_acc": float(best),
+            "final_local_acc": float(local),
+            "rounds_to_target": int(rounds) if reached else None,
+            "gb_to_target": float(gb) if reached else None,
+            "rounds_run": None if reached else int(rounds.split()[-1]),
+            "s_per_round": float(spr),
+            "source": "printed table (paper_printed.md)",
+        }
+    return out
+
+
+def collect(alphas, seeds, target) -> list[dict]:
+    printed = _printed_rows(os.path.join(_grid.RESULTS, "paper_printed.md"))
+    rows = []
+    for alpha in alphas:
+        for seed in seeds:
+            grid = f"paper_{alpha}_s{seed}"
+            path = os.path.join(_grid.RESULTS, grid + ".json")
+            results = json.load(open(path)) if os.path.exists(path) else {}
+            if results:
+                title = f"Fashion-MNIST, 300 clients, α={alpha}, seed {seed}"
+                _grid.plot(results, os.path.join(_grid.RESULTS, grid + ".png"), title)
+                with open(os.path.join(_grid.RESULTS, grid + ".md"), "w") as f:
+                    f.write(_grid.table(results, target) + "\n")
+            for method in METHODS:
+                if method in results:
+                    row = _row_from_json(results[method], target)
+                elif (grid, method) in printed:
+                    row = printed[(grid, method)]
+                else:
+                    continue
+                rows.append({"alpha": alpha, "seed": int(seed), "method": method, **row})
+    return rows
+
+
+def _stats(values):
+    vals = [v for v in values if v is not None]
+    return (float(np.mean(vals)), float(np.std(vals)), len(vals)) if vals else (None, None, 0)
+
+
+def aggregate(rows: list[dict]) -> dict:
+    out = {}
+    for alpha in dict.fromkeys(r["alpha"] for r in rows):
+        for method in METHODS:
+            sel = [r for r in rows if r["alpha"] == alpha and r["method"] == method]
+            if not sel:
+                continue
+            rounds = [r["rounds_to_target"] for r in sel]
+            out[f"{alpha}/{method}"] = {
+                "alpha": alpha, "method": method, "seeds": len(sel),
+                "reached": sum(v is not None for v in rounds),
+                "rounds_to_target": _stats(rounds),
+                "gb_to_target": _stats([r["gb_to_target"] for r in sel]),
+                "final_acc": _stats([r["final_acc"] for r in sel]),
+                "rounds_run": max((r["rounds_run"] or 0) for r in sel),
+            }  # fmt: skip
+    return out
+
+
+def _fmt(stat, digits=1, pct=False):
+    mean, std, n = stat
+    if mean is None:
+        return "—"
+    if pct:
+        return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def claims(agg: dict, target: float) -> list[str]:
+    lines = []
+    for alpha in ("0.05", "0.1"):
+        spark = agg.get(f"{alpha}/spark")
+        base = [agg.get(f"{alpha}/{m}") for m in BASELINES]
+        base = [b for b in base if b and b["rounds_to_target"][0] is not None]
+        if spark and spark["rounds_to_target"][0] and base:
+            best = min(base, key=lambda b: b["rounds_to_target"][0])
+            lines.append(
+                f"- α = {alpha}: SPARK reaches {target:.0%} in {spark['rounds_to_target'][0]:.1f} "
+                f"rounds (mean of {spark['reached']}/{spark['seeds']} seeds that reached it), the best "
+                f"gradient baseline ({best['method']}) in {best['rounds_to_target'][0]:.1f}: "
+                f"{best['rounds_to_target'][0] / spark['rounds_to_target'][0]:.1f}× fewer rounds."
+            )
+        ntk = agg.get(f"{alpha}/ntk_dfl")
+        if spark and ntk and spark["gb_to_target"][0] and ntk["gb_to_target"][0]:
+            saving = 1 - spark["gb_to_target"][0] / ntk["gb_to_target"][0]
+            lines.append(
+                f"- α = {alpha}: bytes to {target:.0%}, SPARK {spark['gb_to_target'][0]:,.0f} GB vs "
+                f"NTK-DFL {ntk['gb_to_target'][0]:,.0f} GB ({saving:.0%} less; NTK-DFL reached it in "
+                f"{ntk['reached']}/{ntk['seeds']} seeds); the cheapest baseline needs "
+                f"{min((b['gb_to_target'][0] for b in base), default=float('nan')):.0f} GB."
+            )
+    return lines
+
+
+def main(_):
+    rows = collect(FLAGS.alphas, FLAGS.seeds, FLAGS.target)
+    agg = aggregate(rows)
+    head = (
+        f"| α | method | seeds | reached {FLAGS.target:.0%} | rounds to {FLAGS.target:.0%} | "
+        "GB to target | final agg. acc (%) |\n|---|---|---|---|---|---|---|"
+    )
+    body = [
+        f"| {a['alpha']} | {a['method']} | {a['seeds']} | {a['reached']}/{a['seeds']} | "
+        f"{_fmt(a['rounds_to_target'])} | {_fmt(a['gb_to_target'], 1)} | "
+        f"{_fmt(a['final_acc'], pct=True)} |"
+        for a in agg.values()
+    ]
+    text = "\n".join([head, *body, "", *claims(agg, FLAGS.target)])
+    print(text)
+    base = os.path.join(_grid.RESULTS, "paper_summary")
+    with open(base + ".md", "w") as f:
+        f.write(text + "\n")
+    with open(base + ".json", "w") as f:
+        json.dump({"rows": rows, "aggregate": agg, "target": FLAGS.target}, f, indent=1)
+    _plot(agg, base + ".png", FLAGS.target)
+
+
+def _plot(agg: dict, path: str, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas = list(dict.fromkeys(a["alpha"] for a in agg.values()))
+    xs = np.arange(len(alphas))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for k, method in enumerate(METHODS):
+        stats = [agg.get(f"{a}/{method}") for a in alphas]
+        dx = (k - 2.5) * 0.06
+        for ax, key, scale in ((axes[0], "rounds_to_target", 1), (axes[1], "final_acc", 100)):
+            pts = [
+                (x + dx, s[key][0] * scale, s[key][1] * scale)
+                for x, s in zip(xs, stats)
+                if s and s[key][0] is not None
+            ]
+            if pts:
+                px, py, pe = zip(*pts)
+                ax.errorbar(px, py, yerr=pe, marker="o", capsize=3, label=method)
+    axes[0].set_ylabel(f"rounds to {target:.0%} (reached seeds)")
+    axes[0].set_yscale("log")
+    axes[1].set_ylabel("final aggregated accuracy (%)")
+    for ax in axes:
+        ax.set_xticks(xs, [f"α={a}" if a != "iid" else "IID" for a in alphas])
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Fashion-MNIST, 300 clients, fresh 5-regular graph per round (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    app.run(main)
