@@ -30,6 +30,7 @@ flags.DEFINE_integer("grad_rounds", 150, "Rounds for DFedAvg(M).")
 flags.DEFINE_integer("dpsgd_rounds", 400, "Rounds for D-PSGD (one minibatch step each).")
 flags.DEFINE_integer("grad_eval_every", 5, "Evaluation period of the gradient baselines.")
 flags.DEFINE_integer("clients", 300, "Clients.")
+flags.DEFINE_integer("samples", 200, "Samples per client.")
 flags.DEFINE_integer("devices", 0, "Devices (0: all accelerators, else 8 emulated CPUs).")
 flags.DEFINE_float("target", 0.85, "Target accuracy for rounds/bytes-to-target.")
 flags.DEFINE_string("topology", "regular", "regular, ring or erdos_renyi.")
@@ -64,22 +65,27 @@ def main(_):
     for alpha in FLAGS.alphas:
         for seed in FLAGS.seeds:
             base = dict(
-                dataset="fashion_mnist", clients=FLAGS.clients, samples_per_client=200, degree=5,
+                dataset="fashion_mnist", clients=FLAGS.clients, samples_per_client=FLAGS.samples, degree=5,
                 topology=FLAGS.topology, time_varying=FLAGS.topology != "ring",
                 partition="iid" if alpha == "iid" else "dirichlet",
                 alpha=0.1 if alpha == "iid" else float(alpha), seed=int(seed), devices=devices,
                 local_eval_samples=2000, target_accuracy=FLAGS.target, graph_pool=64,
             )
+            if FLAGS.topology == "erdos_renyi":  # the same mean degree as the 5-regular graph
+                base["edge_probability"] = 5 / (FLAGS.clients - 1)
             if FLAGS.small:
                 base.update(clients=16, samples_per_client=30, horizons=(10, 20), graph_pool=4)
             name = f"paper_{alpha}_s{seed}" + (f"_{FLAGS.topology}" if FLAGS.topology != "regular" else "")
+            if (FLAGS.clients, FLAGS.samples) != (300, 200):
+                name += f"_q{FLAGS.clients}n{FLAGS.samples}"
             name += "_small" if FLAGS.small else ""
             configs = {m: method_config(m, base) for m in FLAGS.methods}
             if FLAGS.small:
                 configs = {m: c.replace(rounds=3, eval_every=1) for m, c in configs.items()}
             results = _grid.run_grid(name, configs)
             path = os.path.join(_grid.RESULTS, name)
-            _grid.plot(results, path + ".png", f"Fashion-MNIST, 300 clients, α={alpha}, seed {seed}")
+            title = f"Fashion-MNIST, {FLAGS.clients} clients × {FLAGS.samples}, {FLAGS.topology}, α={alpha}, seed {seed}"
+            _grid.plot(results, path + ".png", title)
             text = _grid.table(results, FLAGS.target)
             with open(path + ".md", "w") as f:
                 f.write(text + "\n")

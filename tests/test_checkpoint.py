@@ -235,6 +235,16 @@ def test_mismatched_resume_lists_the_differing_flags(reference, tmp_path):
     assert "--partition: saved 'dirichlet', now 'iid'" in str(e.value)
 
 
+def test_resume_on_another_client_layout_is_refused(reference, tmp_path):
+    """Saved state is in mesh-position order; a different --mesh or topology may place clients
+    elsewhere (a torus tiles a 2-D mesh), so resuming would hand clients other clients' models."""
+    out = _copy(reference, tmp_path)
+    with pytest.raises(checkpoint.ResumeError) as e:
+        _run(out, resume=True, mesh="flat", topology="torus")
+    assert "--mesh: saved 'auto', now 'flat'" in str(e.value)
+    assert "--topology: saved" in str(e.value)
+
+
 def test_resume_with_other_trajectory_flags_warns_and_continues(reference, tmp_path, caplog):
     out = _copy(reference, tmp_path)
     with caplog.at_level(logging.WARNING):

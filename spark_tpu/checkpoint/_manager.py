@@ -37,6 +37,8 @@ FORMAT = 1
 STATE_FLAGS = (
     "algorithm", "clients", "model", "dataset", "partition", "alpha", "shards_per_client",
     "samples_per_client", "seed", "devices", "spark_stages", "spark_options",
+    # which client sits where on the mesh (a torus may tile a 2-D mesh): the state's row order
+    "mesh", "topology", "torus_shape",
 )
 # Flags that change neither the state nor the training trajectory.
 FREE_FLAGS = (
