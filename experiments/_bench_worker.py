@@ -66,8 +66,10 @@ def main(argv: list[str]) -> None:
     tasks = json.loads(argv[1])
     import jax
 
+    from spark_tpu import platform
+
     # An entry point may set global JAX config (STYLE rule 14).
-    jax.config.update("jax_num_cpu_devices", max(int(t.get("devices", 1)) for t in tasks))
+    platform.emulate_cpu_devices(max(int(t.get("devices", 1)) for t in tasks))
     if "--fast_compile" in argv[2:]:  # --small: compile time dominates, optimized code is moot
         jax.config.update("jax_disable_most_optimizations", True)
     kinds = _kinds()

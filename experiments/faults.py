@@ -185,10 +185,10 @@ def table(results: dict) -> str:
 
 def main(argv):
     del argv
-    import jax
+    from spark_tpu import platform
 
     # An entry point may set global config (STYLE 14); before any device is touched.
-    jax.config.update("jax_num_cpu_devices", FLAGS.devices)
+    platform.emulate_cpu_devices(FLAGS.devices)
     name = FLAGS.name + ("_small" if FLAGS.small else "")
     t = time.perf_counter()
     results = run_all(name)

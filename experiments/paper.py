@@ -93,7 +93,7 @@ def main(_):
 
 
 if __name__ == "__main__":
-    import jax
+    from spark_tpu import platform
 
-    jax.config.update("jax_num_cpu_devices", 8)  # used only where there is no accelerator
+    platform.emulate_cpu_devices(8)  # used only where there is no accelerator
     app.run(main)

@@ -70,7 +70,7 @@ def main(_):
 
 
 if __name__ == "__main__":
-    import jax
+    from spark_tpu import platform
 
-    jax.config.update("jax_num_cpu_devices", 8)
+    platform.emulate_cpu_devices(8)
     app.run(main)

@@ -13,6 +13,7 @@ import jax
 from absl import app, logging
 
 from launch_tpu import _flags
+from spark_tpu import platform
 
 FLAGS = _flags.FLAGS
 
@@ -26,7 +27,7 @@ def _configure_jax() -> int:
     procs = FLAGS.num_processes
     if (FLAGS.devices or 8) % procs:
         raise app.UsageError(f"--devices={FLAGS.devices} must divide over --num_processes={procs}.")
-    jax.config.update("jax_num_cpu_devices", (FLAGS.devices or 8) // procs)
+    platform.emulate_cpu_devices((FLAGS.devices or 8) // procs)
     if procs > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, procs, FLAGS.process_id)

@@ -3,7 +3,9 @@ strict dtype promotion and rank promotion errors. Library code always names its 
 
 import jax
 
-jax.config.update("jax_num_cpu_devices", 8)
+from spark_tpu import platform
+
+platform.emulate_cpu_devices(8)
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")

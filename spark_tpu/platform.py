@@ -1,0 +1,37 @@
+"""Emulated CPU devices for the client mesh (tests, demos, experiments without an accelerator)."""
+
+from __future__ import annotations
+
+import glob
+import mmap
+import os
+
+import jax
+
+# XLA:CPU aborts the process when a device waits longer than this (default 40 s) at a collective.
+# NTK-FL's server step runs on one device while the others wait at the next psum, and at the
+# reference scale (Ñ = 4,200) on 2 cores it takes longer than that.
+_TIMEOUT_FLAG = "xla_cpu_collective_call_terminate_timeout_seconds"
+CPU_COLLECTIVE_TIMEOUT_S = 6 * 3600
+
+
+def _jaxlib_knows(flag: str) -> bool:
+    """Whether the installed jaxlib's binaries define `flag` (an unknown XLA flag is fatal)."""
+    import jaxlib
+
+    for path in glob.glob(os.path.join(os.path.dirname(jaxlib.__file__), "*.so")):
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            if m.find(flag.encode()) >= 0:
+                return True
+    return False
+
+
+def emulate_cpu_devices(count: int) -> None:
+    """`count` CPU devices, and a long XLA:CPU collective timeout; call before JAX starts a backend.
+
+    Used only where there is no accelerator: GPU and TPU backends ignore both settings.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _TIMEOUT_FLAG not in flags and _jaxlib_knows(_TIMEOUT_FLAG):
+        os.environ["XLA_FLAGS"] = f"{flags} --{_TIMEOUT_FLAG}={CPU_COLLECTIVE_TIMEOUT_S}".strip()
+    jax.config.update("jax_num_cpu_devices", count)
