@@ -66,22 +66,25 @@ def _solve(kernel, f0, y, eta, horizons, **options):
     return jax.tree.map(np.asarray, fn(jnp.asarray(kernel), jnp.asarray(f0)))
 
 
-def test_default_solver_matches_dop853_at_reference_stiffness(digits_problem):
-    kernel, f0, y, eta = digits_problem
-    steps = 100
+def _grid_errors(problem, steps, **options):
+    """Max relative errors of the logits and residual sums at *every* grid point 1..steps against
+    DOP853 (rtol 1e-10), plus the solution and the reference's largest displacement."""
+    kernel, f0, y, eta = problem
     ref = _dop853(kernel, f0, y, eta, steps)
     ref_sums = np.cumsum(_softmax(ref[:-1]) - y, axis=0)
-    horizons = tuple(range(1, steps + 1))
     displacement = np.linalg.norm(ref - ref[0], axis=(1, 2)).max()
+    sol = _solve(kernel, f0, y, eta, tuple(range(1, steps + 1)), **options)
+    f_err = np.linalg.norm(sol.logits - ref[1:], axis=(1, 2)).max() / displacement
+    r_err = np.max(
+        np.linalg.norm(sol.residual_sums - ref_sums, axis=(1, 2))
+        / np.linalg.norm(ref_sums, axis=(1, 2))
+    )
+    return (f_err, r_err), sol, ref, displacement
 
+
+def test_default_solver_matches_dop853_at_reference_stiffness(digits_problem):
     def errors(**options):
-        sol = _solve(kernel, f0, y, eta, horizons, **options)
-        f_err = np.linalg.norm(sol.logits - ref[1:], axis=(1, 2)).max() / displacement
-        r_err = np.max(
-            np.linalg.norm(sol.residual_sums - ref_sums, axis=(1, 2))
-            / np.linalg.norm(ref_sums, axis=(1, 2))
-        )
-        return f_err, r_err
+        return _grid_errors(digits_problem, 100, stride=1, **options)[0]
 
     assert max(errors()) <= 1e-4  # rk4 with its warm-up
     assert max(errors(solver="dopri5")) <= 1e-4
@@ -227,18 +230,8 @@ def test_strided_solver_matches_dop853_at_every_grid_point(digits_problem, strid
     """Steps of stride·η after the first 32 grid steps, with Hermite-interpolated residuals at
     the grid points inside each step: logits and residual sums at *every* horizon (interior grid
     points, step ends, and the single-step remainder 160 - 32 = 128 ≢ 0 mod 3) against DOP853."""
-    kernel, f0, y, eta = digits_problem
-    steps = 160
-    ref = _dop853(kernel, f0, y, eta, steps)
-    ref_sums = np.cumsum(_softmax(ref[:-1]) - y, axis=0)
-    horizons = tuple(range(1, steps + 1))
-    displacement = np.linalg.norm(ref - ref[0], axis=(1, 2)).max()
-    sol = _solve(kernel, f0, y, eta, horizons, stride=stride)
-    f_err = np.linalg.norm(sol.logits - ref[1:], axis=(1, 2)) / displacement
-    r_err = np.linalg.norm(sol.residual_sums - ref_sums, axis=(1, 2)) / np.linalg.norm(
-        ref_sums, axis=(1, 2)
-    )
-    assert max(f_err.max(), r_err.max()) <= tol, (f_err.max(), r_err.max())
+    errors, sol, ref, displacement = _grid_errors(digits_problem, 160, stride=stride)
+    assert max(errors) <= tol, errors
     np.testing.assert_allclose(sol.final_logits, ref[-1], atol=tol * displacement)
 
 
