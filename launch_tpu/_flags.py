@@ -52,8 +52,8 @@ flags.DEFINE_integer(
 )  # fmt: skip
 flags.DEFINE_string("loss", _D.loss, "ce or mse.")
 flags.DEFINE_integer("seed", _D.seed, "Root seed (data split, graphs, init, sampling).")
-flags.DEFINE_integer("devices", 0, "Devices to shard clients over; 0 = all accelerators, or 8 "
-                     "emulated CPU devices when there is no accelerator.")
+flags.DEFINE_integer("devices", 0, "Devices to shard clients over; 0 = all accelerators, or one "
+                     "emulated CPU device per core (at most 8) when there is no accelerator.")
 flags.DEFINE_enum("mesh", _D.mesh, ["auto", "flat", "2d"], "Device mesh: 2d tiles a torus on a "
                   "2-D mesh (one ppermute per mesh axis); flat shards clients on one axis; auto "
                   "picks 2d for a torus when the device count tiles it.")

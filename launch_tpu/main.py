@@ -25,9 +25,10 @@ def _configure_jax() -> int:
     """
     jax.config.parse_flags_with_absl()
     procs = FLAGS.num_processes
-    if (FLAGS.devices or 8) % procs:
+    emulated = FLAGS.devices or (8 if procs > 1 else platform.default_cpu_devices())
+    if emulated % procs:
         raise app.UsageError(f"--devices={FLAGS.devices} must divide over --num_processes={procs}.")
-    platform.emulate_cpu_devices((FLAGS.devices or 8) // procs)
+    platform.emulate_cpu_devices(emulated // procs)
     if procs > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, procs, FLAGS.process_id)
