@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from spark_tpu import platform
+
 FMNIST = {
     "dataset": "fashion_mnist",
     "partition": "dirichlet",
@@ -109,9 +111,10 @@ def ntk_round(small: bool) -> Suite:
         b = dict(FMNIST, algorithm="ntk_dfl", clients=300, degree=5, horizons=PAPER_HORIZONS)
     label_a = f"(a) reference: {a['clients']} clients, 2-regular, T={tuple(a['horizons'])}"
     label_b = f"(b) paper: {b['clients']} clients, 5-regular, T={tuple(b['horizons'])}, ONE round"
+    devices = platform.default_cpu_devices()  # the launcher's CPU default (capped on accelerators)
     tasks = [
-        _sim(label_a, a, rounds=2 if small else 3, warmup=1, matmul=True),
-        _sim(label_b, b, rounds=1, warmup=0, matmul=True),
+        _sim(label_a, a, devices, rounds=2 if small else 3, warmup=1, matmul=True),
+        _sim(label_b, b, devices, rounds=1, warmup=0, matmul=True),
     ]
 
     def summarize(rows):
