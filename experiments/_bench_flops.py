@@ -100,7 +100,8 @@ def round_flops(
     return out
 
 
-def _best(fn, *args, reps: int) -> float:
+def best_time(fn, *args, reps: int) -> float:
+    """Best wall time of ``reps`` warm calls of ``fn(*args)`` (one untimed call compiles first)."""
     jax.block_until_ready(fn(*args))
     best = math.inf
     for _ in range(reps):
@@ -124,8 +125,8 @@ def matmul_rates(n: int, classes: int, reps: int = 5, chain: int = 100) -> dict[
         body = lambda _, v: jnp.matmul(v, k, precision=jax.lax.Precision.HIGHEST) * scale
         return jax.lax.fori_loop(0, chain, body, g)
 
-    t_square = _best(square, a, b, reps=reps)
-    t_skinny = _best(jax.jit(skinny), g, a, reps=reps)
+    t_square = best_time(square, a, b, reps=reps)
+    t_skinny = best_time(jax.jit(skinny), g, a, reps=reps)
     return {
         "matmul_n": n,
         "square_matmul_gflops": 2.0 * n**3 / t_square / 1e9,

@@ -27,13 +27,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments import _bench_flops
 from spark_tpu import models, ntk
 
 _SMALL = flags.DEFINE_bool("small", False, "N = 300, 200 grid steps.")
@@ -56,13 +56,7 @@ _OUT = flags.DEFINE_string("out", "experiments/results/bench_ntk.json", "Result 
 
 
 def _time(fn, *args) -> float:
-    jax.block_until_ready(fn(*args))  # compile
-    best = np.inf
-    for _ in range(_REPEATS.value):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return float(best)
+    return _bench_flops.best_time(fn, *args, reps=_REPEATS.value)
 
 
 def _problem(n: int, key):

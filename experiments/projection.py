@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 
 from absl import app, flags
 
@@ -150,16 +149,9 @@ def grid() -> None:
 
 
 def _timed(fn, *args) -> float:
-    import jax
-    import numpy as np
+    from experiments import _bench_flops
 
-    jax.block_until_ready(fn(*args))
-    best = np.inf
-    for _ in range(FLAGS.repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t)
-    return float(best)
+    return _bench_flops.best_time(fn, *args, reps=FLAGS.repeats)
 
 
 def bench() -> None:

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import jax
 import numpy as np
 from absl import app, flags
+
+from experiments import _bench_flops
 
 _SMALL = flags.DEFINE_bool("small", False, "N = 300, horizons up to 200.")
 _STRIDES = flags.DEFINE_list("strides", ["1", "2", "3", "4", "6", "8"], "Strides to compare.")
@@ -123,12 +124,7 @@ def main(argv) -> None:
                     k, f, jnp.float32, s, st, warmup=w
                 )
             )
-            jax.block_until_ready(fn(p32[5], p32[3]))
-            best = np.inf
-            for _ in range(3):
-                t = time.perf_counter()
-                jax.block_until_ready(fn(p32[5], p32[3]))
-                best = min(best, time.perf_counter() - t)
+            best = _bench_flops.best_time(fn, p32[5], p32[3], reps=3)
             rows.append({
                     "point": label, "solver": solver, "stride": stride, "stride_from": warmup,
                     "stiffness": lam * eta / len(y),

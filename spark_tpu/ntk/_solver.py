@@ -194,6 +194,37 @@ def _check_counts(substeps: int, warmup_steps: int, warmup_substeps: int, stride
         raise ValueError(f"Use stride > 1 or substeps > 1, not both; got {stride!r}, {substeps!r}.")
 
 
+class _Phases(NamedTuple):
+    """The grid split into solver phases: ``[0, warm)`` warm-up substeps, ``[warm, start)`` and
+    ``[end, total)`` plain steps, ``[start, end)`` `blocks` strided steps of `stride` intervals."""
+
+    total: int
+    warm: int
+    warm_substeps: int
+    substeps: int
+    start: int
+    blocks: int
+    stride: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.blocks * self.stride
+
+
+def _phases(horizons, solver, substeps, warmup_steps, warmup_substeps, stride, stride_from):
+    """Validated phase layout shared by `solve_function_space` and `count_products`."""
+    total = max(check_horizons(horizons))
+    if warmup_steps is None:
+        warmup_steps = 0 if solver == "euler" else DEFAULT_WARMUP_STEPS
+    _check_counts(substeps, warmup_steps, warmup_substeps, stride)
+    warm, stride = min(int(warmup_steps), total), int(stride)
+    start = min(max(warm, int(stride_from)), total) if stride > 1 else total
+    return _Phases(
+        total=total, warm=warm, warm_substeps=max(int(warmup_substeps), int(substeps)),
+        substeps=int(substeps), start=start, blocks=(total - start) // stride, stride=stride,
+    )  # fmt: skip
+
+
 def count_products(
     horizons: Sequence[int],
     solver: str = "rk4",
@@ -206,15 +237,10 @@ def count_products(
 ) -> int:
     """Kernel products ``[C, N] × [N, N]`` that `solve_function_space` runs with these options."""
     stages = len(get_tableau(solver).b)
-    total = max(check_horizons(horizons))
-    if warmup_steps is None:
-        warmup_steps = 0 if solver == "euler" else DEFAULT_WARMUP_STEPS
-    warm = min(int(warmup_steps), total)
-    start = min(max(warm, int(stride_from)), total) if stride > 1 else total
-    blocks = (total - start) // stride
-    fine = total - warm - blocks * stride
-    out = stages * (warm * max(warmup_substeps, substeps) + fine * substeps)
-    return out + (1 + stages * blocks if blocks else 0)
+    ph = _phases(horizons, solver, substeps, warmup_steps, warmup_substeps, stride, stride_from)
+    fine = ph.total - ph.warm - ph.blocks * ph.stride
+    out = stages * (ph.warm * ph.warm_substeps + fine * ph.substeps)
+    return out + (1 + stages * ph.blocks if ph.blocks else 0)  # + the strided phase's first slope
 
 
 def solve_function_space(
@@ -261,9 +287,7 @@ def solve_function_space(
     """
     tableau = get_tableau(solver)
     horizons = check_horizons(horizons)
-    if warmup_steps is None:
-        warmup_steps = 0 if solver == "euler" else DEFAULT_WARMUP_STEPS
-    _check_counts(substeps, warmup_steps, warmup_substeps, stride)
+    ph = _phases(horizons, solver, substeps, warmup_steps, warmup_substeps, stride, stride_from)
     dtype = f0.dtype
     scale = -1.0 / jnp.asarray(num_samples, dtype)
     # Work in the classes-first layout g = fᵀ: ``rᵀ K`` (= (K r)ᵀ, K symmetric) is the fast
@@ -281,7 +305,6 @@ def solve_function_space(
     zeros = jnp.zeros((len(horizons), *f0.shape[::-1]), dtype)
     g0 = f0.T
     carry = (g0, jnp.zeros_like(g0), zeros, jnp.broadcast_to(g0, zeros.shape))
-    total, warm = max(horizons), min(int(warmup_steps), max(horizons))
     common = {
         "rhs": rhs,
         "kernel_product": kernel_product,
@@ -290,16 +313,12 @@ def solve_function_space(
         "tableau": tableau,
         "stops": jnp.asarray(horizons, jnp.int32),
     }
-    carry = _scan_grid(carry, 0, warm, max(int(warmup_substeps), int(substeps)), **common)
-    stride = int(stride)
-    start = min(max(warm, int(stride_from)), total) if stride > 1 else total
-    carry = _scan_grid(carry, warm, start - warm, int(substeps), **common)
-    blocks = (total - start) // stride
-    if blocks:
+    carry = _scan_grid(carry, 0, ph.warm, ph.warm_substeps, **common)
+    carry = _scan_grid(carry, ph.warm, ph.start - ph.warm, ph.substeps, **common)
+    if ph.blocks:
         strided = {k: v for k, v in common.items() if k != "kernel_product"}
-        carry = _scan_strided(carry, start, blocks, stride, **strided)
-    end = start + blocks * stride
-    carry = _scan_grid(carry, end, total - end, int(substeps), **common)
+        carry = _scan_strided(carry, ph.start, ph.blocks, ph.stride, **strided)
+    carry = _scan_grid(carry, ph.end, ph.total - ph.end, ph.substeps, **common)
     g, _, sums, snaps = carry
     return FunctionSpaceSolution(
         residual_sums=jnp.swapaxes(sums, 1, 2),
