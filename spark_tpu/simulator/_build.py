@@ -110,8 +110,10 @@ def build(cfg: Config, devices: int) -> Setup:
         seed=cfg.seed,
     )
     arrays = data.pad_clients(data.federated_arrays(ds, part), devices)
-    topo = make_topology(cfg)
-    plan = topology.build_plan(topo.mixing_matrices(), devices, topo.weight_rule)
+    topo = make_topology(cfg)  # --mesh: a torus may tile a 2-D mesh (topology docs); checked
+    # after the data loads (an early error races Orbax's start-up thread)
+    layout = topology.device_layout(topo.name, cfg.clients, devices, cfg.mesh, topo.torus_shape)
+    plan = topology.build_plan(topo.mixing_matrices(), devices, topo.weight_rule, layout)
     net = models.make_model(cfg.model, ds.input_shape, ds.num_classes, key=jax.random.key(cfg.seed))
     params, model = algorithms.split_model(net)
     return Setup(

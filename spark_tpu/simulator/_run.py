@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from spark_tpu import gossip, topology
+from spark_tpu import gossip
 
 from . import _build, _engine, _outputs
 from ._config import Config
@@ -63,14 +63,6 @@ class Simulation:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         s = self.setup = _build.build(cfg, cfg.devices)
-        topo = _build.make_topology(cfg)  # --mesh: a torus may tile a 2-D mesh (topology docs)
-        layout = topology.device_layout(
-            topo.name, cfg.clients, cfg.devices, cfg.mesh, topo.torus_shape
-        )
-        if layout.mesh_shape != s.plan.mesh_shape:
-            s.plan = topology.build_plan(
-                topo.mixing_matrices(), cfg.devices, topo.weight_rule, layout
-            )
         self.mesh = make_mesh(cfg.devices, s.plan.mesh_shape)
         logging.info("mesh %s, %d halo exchanges", dict(self.mesh.shape), len(s.plan.shifts))
         c = _engine.client_spec(self.mesh)
