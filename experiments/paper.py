@@ -71,10 +71,10 @@ def main(_):
                 alpha=0.1 if alpha == "iid" else float(alpha), seed=int(seed), devices=devices,
                 local_eval_samples=2000, target_accuracy=FLAGS.target, graph_pool=64,
             )
-            if FLAGS.topology == "erdos_renyi":  # the same mean degree as the 5-regular graph
-                base["edge_probability"] = 5 / (FLAGS.clients - 1)
             if FLAGS.small:
                 base.update(clients=16, samples_per_client=30, horizons=(10, 20), graph_pool=4)
+            if FLAGS.topology == "erdos_renyi":  # the same mean degree as the 5-regular graph
+                base["edge_probability"] = 5 / (base["clients"] - 1)
             name = f"paper_{alpha}_s{seed}" + (f"_{FLAGS.topology}" if FLAGS.topology != "regular" else "")
             if (FLAGS.clients, FLAGS.samples) != (300, 200):
                 name += f"_q{FLAGS.clients}n{FLAGS.samples}"
