@@ -11,8 +11,24 @@ from spark_tpu import simulator
 ETA0, DECAY, HORIZONS, Q = 0.05, 0.07, (3, 6, 12, 48), 6  # 48: strided solver steps after 32
 
 
-@pytest.mark.parametrize("devices", [1, 4])
-def test_two_ntk_dfl_rounds_match_float64_reference(devices):
+@pytest.mark.parametrize("devices,memory_bound", [(1, False), (4, False), (1, True)])
+def test_two_ntk_dfl_rounds_match_float64_reference(devices, memory_bound, monkeypatch):
+    if memory_bound:  # the accelerator path whose vmap must be split to fit: 6 clients, 4 fit
+        from spark_tpu.algorithms import _ntk_dfl
+
+        pooled = 3 * 10  # ring neighbourhood × samples per client
+        per_client = _ntk_dfl._KERNEL_COPIES * 4 * pooled**2
+        monkeypatch.setattr(_ntk_dfl, "_on_accelerator", lambda: True)
+        monkeypatch.setattr(
+            _ntk_dfl, "_device_bytes", lambda: int(4.5 * per_client / _ntk_dfl._MEMORY_SHARE)
+        )
+        assert _ntk_dfl.auto_client_batch(Q, pooled, _ntk_dfl._device_bytes()) == 4
+        batches = []
+        real = _ntk_dfl.ntk.batch_map
+        monkeypatch.setattr(
+            _ntk_dfl.ntk, "batch_map",
+            lambda *a, **k: batches.append(k.get("batch_size")) or real(*a, **k),
+        )
     cfg = simulator.Config(
         algorithm="ntk_dfl", dataset="digits", clients=Q, samples_per_client=10, rounds=2,
         topology="ring", time_varying=False, mixing="uniform", partition="iid", lr=ETA0,
@@ -39,3 +55,15 @@ def test_two_ntk_dfl_rounds_match_float64_reference(devices):
     err = np.linalg.norm(got - thetas, axis=1)
     assert moved.min() > 1e-2  # the rounds did something
     assert err.max() / moved.min() < 1e-4, err / moved
+    if memory_bound:
+        assert 4 in batches, batches
+
+
+def test_auto_client_batch_fits_the_device():
+    from spark_tpu.algorithms._ntk_dfl import auto_client_batch
+
+    gib = 2**30
+    assert auto_client_batch(300, 1200, 80 * gib) == 0  # the 5-regular paper setting: vmap all
+    k = auto_client_batch(300, 3200, 80 * gib)  # Erdős–Rényi padded to degree 15: split
+    assert 0 < k < 300 and k * 8 * 4 * 3200**2 <= 0.4 * 80 * gib < (k + 1) * 8 * 4 * 3200**2
+    assert auto_client_batch(300, 100_000, gib) == 1  # never zero clients per batch
