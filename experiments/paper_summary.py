@@ -25,8 +25,10 @@ from experiments import _grid
 flags.DEFINE_list("alphas", ["0.05", "0.1", "0.3", "0.5", "iid"], "Heterogeneity levels.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_float("target", 0.85, "Target accuracy (as in experiments.paper).")
+flags.DEFINE_string("robustness_alpha", "0.1", "α of the ring and Erdős–Rényi robustness runs.")
 FLAGS = flags.FLAGS
 
+TOPOLOGIES = {"regular": "fresh 5-regular", "ring": "fixed ring", "erdos_renyi": "fresh Erdős–Rényi"}
 METHODS = ("spark", "ntk_dfl", "ntk_dfl+momentum", "dfedavg", "dfedavgm", "dpsgd")
 NTK = ("spark", "ntk_dfl", "ntk_dfl+momentum")
 BASELINES = ("dfedavg", "dfedavgm", "dpsgd")
@@ -74,16 +76,16 @@ def _printed_rows(path: str) -> dict:
     return out
 
 
-def collect(alphas, seeds, target) -> list[dict]:
+def collect(alphas, seeds, target, topology: str = "regular") -> list[dict]:
     printed = _printed_rows(os.path.join(_grid.RESULTS, "paper_printed.md"))
     rows = []
     for alpha in alphas:
         for seed in seeds:
-            grid = f"paper_{alpha}_s{seed}"
+            grid = f"paper_{alpha}_s{seed}" + ("" if topology == "regular" else f"_{topology}")
             path = os.path.join(_grid.RESULTS, grid + ".json")
             results = json.load(open(path)) if os.path.exists(path) else {}
             if results:
-                title = f"Fashion-MNIST, 300 clients, α={alpha}, seed {seed}"
+                title = f"Fashion-MNIST, 300 clients, {TOPOLOGIES[topology]}, α={alpha}, seed {seed}"
                 _grid.plot(results, os.path.join(_grid.RESULTS, grid + ".png"), title)
                 with open(os.path.join(_grid.RESULTS, grid + ".md"), "w") as f:
                     f.write(_grid.table(results, target) + "\n")
@@ -94,7 +96,14 @@ def collect(alphas, seeds, target) -> list[dict]:
                     row = printed[(grid, method)]
                 else:
                     continue
-                rows.append({"alpha": alpha, "seed": int(seed), "method": method, **row})
+                rows.append(
+                    {"alpha": alpha, "seed": int(seed), "topology": topology, "method": method, **row}
+                )
+                if method in results:
+                    rows[-1]["curve"] = [
+                        (r["round"], r["aggregated_acc"]) for r in results[method]["curve"]
+                        if not math.isnan(r["aggregated_acc"])
+                    ]
     return rows
 
 
@@ -103,20 +112,22 @@ def _stats(values):
     return (float(np.mean(vals)), float(np.std(vals)), len(vals)) if vals else (None, None, 0)
 
 
-def aggregate(rows: list[dict]) -> dict:
+def aggregate(rows: list[dict], key=lambda r: r["alpha"]) -> dict:
     out = {}
-    for alpha in dict.fromkeys(r["alpha"] for r in rows):
+    for group in dict.fromkeys(key(r) for r in rows):
         for method in METHODS:
-            sel = [r for r in rows if r["alpha"] == alpha and r["method"] == method]
+            sel = [r for r in rows if key(r) == group and r["method"] == method]
             if not sel:
                 continue
             rounds = [r["rounds_to_target"] for r in sel]
-            out[f"{alpha}/{method}"] = {
-                "alpha": alpha, "method": method, "seeds": len(sel),
+            out[f"{group}/{method}"] = {
+                "alpha": sel[0]["alpha"], "topology": sel[0]["topology"], "method": method,
+                "seeds": len(sel),
                 "reached": sum(v is not None for v in rounds),
                 "rounds_to_target": _stats(rounds),
                 "gb_to_target": _stats([r["gb_to_target"] for r in sel]),
                 "final_acc": _stats([r["final_acc"] for r in sel]),
+                "best_acc": _stats([r["best_acc"] for r in sel]),
                 "rounds_run": max((r["rounds_run"] or 0) for r in sel),
             }  # fmt: skip
     return out
@@ -170,14 +181,71 @@ def main(_):
         f"{_fmt(a['final_acc'], pct=True)} |"
         for a in agg.values()
     ]
-    text = "\n".join([head, *body, "", *claims(agg, FLAGS.target)])
+    robust_rows = [r for r in rows if r["alpha"] == FLAGS.robustness_alpha] + [
+        r for t in TOPOLOGIES if t != "regular"
+        for r in collect([FLAGS.robustness_alpha], FLAGS.seeds, FLAGS.target, t)
+    ]
+    robust = aggregate(robust_rows, key=lambda r: r["topology"])
+    text = "\n".join([
+        head, *body, "", *claims(agg, FLAGS.target), "",
+        f"Robustness to the topology (α = {FLAGS.robustness_alpha}):", "",
+        (
+            f"| topology | method | seeds | reached {FLAGS.target:.0%} | rounds to {FLAGS.target:.0%} | "
+            "final agg. acc (%) | best agg. acc (%) |\n|---|---|---|---|---|---|---|"
+        ),
+        *[
+            f"| {TOPOLOGIES[a['topology']]} | {a['method']} | {a['seeds']} | "
+            f"{a['reached']}/{a['seeds']} | {_fmt(a['rounds_to_target'])} | "
+            f"{_fmt(a['final_acc'], pct=True)} | {_fmt(a['best_acc'], pct=True)} |"
+            for a in robust.values()
+        ],
+    ])  # fmt: skip
     print(text)
     base = os.path.join(_grid.RESULTS, "paper_summary")
     with open(base + ".md", "w") as f:
         f.write(text + "\n")
     with open(base + ".json", "w") as f:
-        json.dump({"rows": rows, "aggregate": agg, "target": FLAGS.target}, f, indent=1)
+        strip = lambda rs: [{k: v for k, v in r.items() if k != "curve"} for r in rs]
+        json.dump(
+            {"rows": strip(rows), "aggregate": agg, "target": FLAGS.target,
+             "robustness_rows": strip(robust_rows), "robustness": robust}, f, indent=1,
+        )  # fmt: skip
     _plot(agg, base + ".png", FLAGS.target)
+    _plot_topologies(robust_rows, os.path.join(_grid.RESULTS, "paper_robustness.png"), FLAGS.target)
+
+
+def _plot_topologies(rows: list[dict], path: str, target: float) -> None:
+    """Aggregated accuracy against round per topology: mean over seeds, band min..max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    topologies = [t for t in TOPOLOGIES if any(r["topology"] == t for r in rows)]
+    fig, axes = plt.subplots(1, len(topologies), figsize=(4.6 * len(topologies), 3.8), sharey=True)
+    for ax, topology in zip(np.atleast_1d(axes), topologies):
+        for method in METHODS:
+            curves = [r["curve"] for r in rows if r["topology"] == topology
+                      and r["method"] == method and "curve" in r]  # fmt: skip
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            rounds = np.array([c[i][0] for c in curves[:1] for i in range(n)])
+            acc = 100 * np.array([[c[i][1] for i in range(n)] for c in curves])
+            (line,) = ax.plot(rounds, acc.mean(0), label=f"{method} ({len(curves)})")
+            ax.fill_between(rounds, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.2)
+        ax.axhline(100 * target, color="k", lw=0.6, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("round")
+        ax.set_title(TOPOLOGIES[topology])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    np.atleast_1d(axes)[0].set_ylabel("aggregated accuracy (%)")
+    np.atleast_1d(axes)[0].set_ylim(0, 90)
+    fig.suptitle("Fashion-MNIST, 300 clients: mean over seeds with curves (count in legend), band min–max")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plot(agg: dict, path: str, target: float) -> None:
