@@ -49,6 +49,16 @@ def run_grid(name: str, configs: dict, *, out_dir: str | None = None, resume: bo
     return results
 
 
+def report(results: dict, name: str, title: str, target: float) -> str:
+    """Draws ``results/NAME.png`` and writes ``results/NAME.md`` (the `table`), which it returns."""
+    path = os.path.join(RESULTS, name)
+    plot(results, path + ".png", title)
+    text = table(results, target)
+    with open(path + ".md", "w") as f:
+        f.write(text + "\n")
+    return text
+
+
 def rounds_to(curve, target):
     for r in curve:
         if not math.isnan(r["aggregated_acc"]) and r["aggregated_acc"] >= target:

@@ -14,8 +14,6 @@ batch 50, momentum 0.9, 20 local epochs; D-PSGD lr 0.1, batch 10, one step per r
 
 from __future__ import annotations
 
-import os
-
 from absl import app, flags
 
 from experiments import _grid
@@ -34,6 +32,7 @@ flags.DEFINE_integer("samples", 200, "Samples per client.")
 flags.DEFINE_integer("devices", 0, "Devices (0: all accelerators, else 8 emulated CPUs).")
 flags.DEFINE_float("target", 0.85, "Target accuracy for rounds/bytes-to-target.")
 flags.DEFINE_string("topology", "regular", "regular, ring or erdos_renyi.")
+flags.DEFINE_list("horizons", [], "NTK horizons (default: the reference 100,200,400,600,800).")
 flags.DEFINE_bool("small", False, "A seconds-long smoke version on CPU.")
 FLAGS = flags.FLAGS
 
@@ -71,11 +70,15 @@ def main(_):
                 alpha=0.1 if alpha == "iid" else float(alpha), seed=int(seed), devices=devices,
                 local_eval_samples=2000, target_accuracy=FLAGS.target, graph_pool=64,
             )
+            if FLAGS.horizons:
+                base["horizons"] = tuple(int(h) for h in FLAGS.horizons)
             if FLAGS.small:
                 base.update(clients=16, samples_per_client=30, horizons=(10, 20), graph_pool=4)
             if FLAGS.topology == "erdos_renyi":  # the same mean degree as the 5-regular graph
                 base["edge_probability"] = 5 / (base["clients"] - 1)
             name = f"paper_{alpha}_s{seed}" + (f"_{FLAGS.topology}" if FLAGS.topology != "regular" else "")
+            if FLAGS.horizons:
+                name += "_h" + "-".join(FLAGS.horizons)
             if (FLAGS.clients, FLAGS.samples) != (300, 200):
                 name += f"_q{FLAGS.clients}n{FLAGS.samples}"
             name += "_small" if FLAGS.small else ""
@@ -83,13 +86,8 @@ def main(_):
             if FLAGS.small:
                 configs = {m: c.replace(rounds=3, eval_every=1) for m, c in configs.items()}
             results = _grid.run_grid(name, configs)
-            path = os.path.join(_grid.RESULTS, name)
             title = f"Fashion-MNIST, {FLAGS.clients} clients × {FLAGS.samples}, {FLAGS.topology}, α={alpha}, seed {seed}"
-            _grid.plot(results, path + ".png", title)
-            text = _grid.table(results, FLAGS.target)
-            with open(path + ".md", "w") as f:
-                f.write(text + "\n")
-            print(text)
+            print(_grid.report(results, name, title, FLAGS.target))
 
 
 if __name__ == "__main__":

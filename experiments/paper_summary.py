@@ -86,9 +86,7 @@ def collect(alphas, seeds, target, topology: str = "regular") -> list[dict]:
             results = json.load(open(path)) if os.path.exists(path) else {}
             if results:
                 title = f"Fashion-MNIST, 300 clients, {TOPOLOGIES[topology]}, α={alpha}, seed {seed}"
-                _grid.plot(results, os.path.join(_grid.RESULTS, grid + ".png"), title)
-                with open(os.path.join(_grid.RESULTS, grid + ".md"), "w") as f:
-                    f.write(_grid.table(results, target) + "\n")
+                _grid.report(results, grid, title, target)
             for method in METHODS:
                 if method in results:
                     row = _row_from_json(results[method], target)

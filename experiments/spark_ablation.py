@@ -11,8 +11,6 @@ graph every round), and writes results/spark_ablation.{json,png,md}.
 
 from __future__ import annotations
 
-import os
-
 from absl import app, flags
 
 from experiments import _grid
@@ -60,12 +58,7 @@ def configs():
 def main(_):
     name = FLAGS.name + ("_small" if FLAGS.small else "")
     results = _grid.run_grid(name, configs())
-    path = os.path.join(_grid.RESULTS, name)
-    _grid.plot(results, path + ".png", f"SPARK ablation, α={FLAGS.alpha}")
-    text = _grid.table(results, 0.75)
-    with open(path + ".md", "w") as f:
-        f.write(text + "\n")
-    print(text)
+    print(_grid.report(results, name, f"SPARK ablation, α={FLAGS.alpha}", 0.75))
 
 
 if __name__ == "__main__":
