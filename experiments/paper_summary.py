@@ -28,7 +28,10 @@ flags.DEFINE_float("target", 0.85, "Target accuracy (as in experiments.paper).")
 flags.DEFINE_string("robustness_alpha", "0.1", "α of the ring and Erdős–Rényi robustness runs.")
 FLAGS = flags.FLAGS
 
-TOPOLOGIES = {"regular": "fresh 5-regular", "ring": "fixed ring", "erdos_renyi": "fresh Erdős–Rényi"}
+TOPOLOGIES = {  # result-name suffix: label (experiments.paper --topology, --horizons)
+    "regular": "fresh 5-regular", "ring": "fixed ring", "erdos_renyi": "fresh Erdős–Rényi",
+    "h25-50-100-200": "fresh 5-regular, τ ≤ 200", "ring_h25-50-100-200": "fixed ring, τ ≤ 200",
+}
 METHODS = ("spark", "ntk_dfl", "ntk_dfl+momentum", "dfedavg", "dfedavgm", "dpsgd")
 NTK = ("spark", "ntk_dfl", "ntk_dfl+momentum")
 BASELINES = ("dfedavg", "dfedavgm", "dpsgd")
@@ -220,8 +223,15 @@ def _plot_topologies(rows: list[dict], path: str, target: float) -> None:
     import matplotlib.pyplot as plt
 
     topologies = [t for t in TOPOLOGIES if any(r["topology"] == t for r in rows)]
-    fig, axes = plt.subplots(1, len(topologies), figsize=(4.6 * len(topologies), 3.8), sharey=True)
-    for ax, topology in zip(np.atleast_1d(axes), topologies):
+    cols = min(3, len(topologies))
+    rows_ = -(-len(topologies) // cols)
+    fig, axes = plt.subplots(
+        rows_, cols, figsize=(4.6 * cols, 3.6 * rows_), sharex=True, sharey=True, squeeze=False
+    )
+    axes = axes.ravel()
+    for ax in axes[len(topologies):]:
+        ax.set_visible(False)
+    for ax, topology in zip(axes, topologies):
         for method in METHODS:
             curves = [r["curve"] for r in rows if r["topology"] == topology
                       and r["method"] == method and "curve" in r]  # fmt: skip
@@ -230,16 +240,19 @@ def _plot_topologies(rows: list[dict], path: str, target: float) -> None:
             n = min(len(c) for c in curves)
             rounds = np.array([c[i][0] for c in curves[:1] for i in range(n)])
             acc = 100 * np.array([[c[i][1] for i in range(n)] for c in curves])
-            (line,) = ax.plot(rounds, acc.mean(0), label=f"{method} ({len(curves)})")
-            ax.fill_between(rounds, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.2)
+            color = f"C{METHODS.index(method)}"  # the same colour for a method in every panel
+            ax.plot(rounds, acc.mean(0), color=color, label=f"{method} ({len(curves)})")
+            ax.fill_between(rounds, acc.min(0), acc.max(0), color=color, alpha=0.2)
         ax.axhline(100 * target, color="k", lw=0.6, ls=":")
         ax.set_xscale("log")
         ax.set_xlabel("round")
+        ax.xaxis.set_tick_params(labelbottom=True)
         ax.set_title(TOPOLOGIES[topology])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    np.atleast_1d(axes)[0].set_ylabel("aggregated accuracy (%)")
-    np.atleast_1d(axes)[0].set_ylim(0, 90)
+    for ax in axes[::cols]:
+        ax.set_ylabel("aggregated accuracy (%)")
+    axes[0].set_ylim(0, 90)
     fig.suptitle("Fashion-MNIST, 300 clients: mean over seeds with curves (count in legend), band min–max")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

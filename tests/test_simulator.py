@@ -86,3 +86,19 @@ def test_rounds_copy_nothing_from_host_to_device():
         with pytest.raises(Exception, match="[Dd]isallowed host-to-device transfer"):
             jnp.asarray(np.ones(3)) + 1  # the guard is live: an explicit copy fails
     assert int(sim.round) == 6
+
+
+def test_long_horizons_on_a_slow_fixed_graph_warn():
+    from spark_tpu.simulator import _build
+
+    def warning(**kw):
+        cfg = simulator.Config(clients=60, **kw)
+        return _build.horizon_warning(cfg, _build.make_topology(cfg).summary())
+
+    ring = dict(topology="ring", time_varying=False)
+    assert "--horizons=25,50,100,200" in warning(algorithm="spark", **ring)
+    assert "spectral gap 0.0037" in warning(algorithm="ntk_dfl", **ring)
+    assert warning(algorithm="spark", horizons=(25, 50, 100, 200), **ring) is None
+    assert warning(algorithm="dfedavg", **ring) is None
+    assert warning(algorithm="spark") is None  # a fresh 5-regular graph every round
+    assert warning(algorithm="spark", topology="complete", time_varying=False) is None

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 from spark_tpu import algorithms, data, models, topology
 
@@ -101,6 +102,28 @@ class Setup:
     algorithm: algorithms.Algorithm
 
 
+# Below this spectral gap a fixed graph mixes too slowly for the reference horizons: on a ring
+# (gap 0.00015 at 300 clients, 0.0037 at 60) NTK-DFL + momentum and SPARK collapse with τ up to
+# 800 and stay stable with τ ≤ 200 (README, "Robustness to the topology").
+SLOW_MIXING_GAP = 0.01
+
+
+def horizon_warning(cfg: Config, topology_summary: dict) -> str | None:
+    """A warning for NTK-DFL/SPARK runs with long horizons on a fixed, slowly mixing graph."""
+    gap = topology_summary["spectral_gap"]
+    if (
+        cfg.algorithm in ("ntk_dfl", "spark") and not topology_summary["time_varying"]
+        and gap < SLOW_MIXING_GAP and max(cfg.horizons) > 200
+    ):
+        return (
+            f"--topology={cfg.topology} is fixed and mixes slowly (spectral gap {gap:.2g}); with "
+            f"--horizons up to {max(cfg.horizons)}, {cfg.algorithm} was measured to collapse on "
+            "such graphs (README, 'Robustness to the topology'). Consider "
+            "--horizons=25,50,100,200."
+        )
+    return None
+
+
 def build(cfg: Config, devices: int) -> Setup:
     """Loads data, partitions it, draws the graphs and builds the model and algorithm."""
     ds = data.load_dataset(cfg.dataset, data_dir=cfg.data_dir, idx_dir=cfg.idx_dir)
@@ -114,12 +137,15 @@ def build(cfg: Config, devices: int) -> Setup:
     # after the data loads (an early error races Orbax's start-up thread)
     layout = topology.device_layout(topo.name, cfg.clients, devices, cfg.mesh, topo.torus_shape)
     plan = topology.build_plan(topo.mixing_matrices(), devices, topo.weight_rule, layout)
+    summary = topo.summary()
+    if (warning := horizon_warning(cfg, summary)) is not None:
+        logging.warning(warning)
     net = models.make_model(cfg.model, ds.input_shape, ds.num_classes, key=jax.random.key(cfg.seed))
     params, model = algorithms.split_model(net)
     return Setup(
         cfg=cfg, dataset=ds, arrays=arrays,
         partition_summary=data.partition_summary(part, ds.train_y, ds.num_classes),
-        topology_summary=topo.summary(), plan=plan, params=params, model=model,
+        topology_summary=summary, plan=plan, params=params, model=model,
         algorithm=make_algorithm(cfg, model, ds.num_classes),
     )
 
