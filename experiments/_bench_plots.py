@@ -144,6 +144,7 @@ PLOTS = {
     "gossip": _gossip,
     "fusion": _fusion,
     "spark_overhead": _sim_bars,
+    "degree_buckets": _sim_bars,
 }
 
 

@@ -403,6 +403,45 @@ def spark_overhead(small: bool) -> Suite:
     return Suite("SPARK round vs NTK-DFL round", tasks, summarize)
 
 
+def degree_buckets(small: bool) -> Suite:
+    """NTK-DFL on Erdős–Rényi graphs with the pooled data padded to the pool's largest degree
+    against two widths (``--degree_buckets``, `topology.degree_buckets`), one process."""
+    from spark_tpu import platform
+
+    if small:
+        base = dict(DIGITS, clients=24, horizons=[5, 10], edge_probability=0.15)
+    else:  # mean degree 5, as the paper's 5-regular graph
+        base = dict(FMNIST, clients=60, samples_per_client=100, horizons=[100, 200, 400],
+                    edge_probability=5 / 59, graph_pool=16)  # fmt: skip
+    base = dict(base, algorithm="ntk_dfl", topology="erdos_renyi")
+    configs = {
+        "padded": dict(base, degree_buckets=False), "buckets": dict(base, degree_buckets=True),
+    }
+    tasks = [
+        {
+            "kind": "pair",
+            "label": "padded vs buckets",
+            "configs": configs,
+            "devices": platform.default_cpu_devices(),
+            "rounds": 2 if small else 4,
+            "warmup": 1,
+        }
+    ]
+
+    def summarize(rows):
+        r = _by_label(rows)
+        if "padded" not in r or "buckets" not in r:
+            return {}
+        paired = [p / b for p, b in zip(r["padded"]["round_s"], r["buckets"]["round_s"])]
+        return {
+            "padded_over_buckets": _ratio(rows, "padded", "buckets"),
+            "paired_ratios": paired,
+            "paired_median": statistics.median(paired),
+        }
+
+    return Suite("NTK-DFL on Erdős–Rényi: padded to the largest degree vs two widths", tasks, summarize)
+
+
 SUITES = {
     "baselines": baselines,
     "ntk_round": ntk_round,
@@ -411,4 +450,5 @@ SUITES = {
     "gossip": gossip,
     "fusion": fusion,
     "spark_overhead": spark_overhead,
+    "degree_buckets": degree_buckets,
 }

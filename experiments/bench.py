@@ -17,6 +17,7 @@ Benchmarks (settings in experiments/_bench_suites.py):
 - ``gossip``: ppermute halo-exchange mixing vs dense all-gather mixing.
 - ``fusion``: k rounds in one compiled chunk vs one dispatch per round.
 - ``spark_overhead``: a SPARK round vs an NTK-DFL round.
+- ``degree_buckets``: NTK-DFL on Erdős–Rényi, pooled data padded to the largest degree vs two widths.
 
 Every measured configuration runs in a fresh ``experiments._bench_worker`` process, so its peak
 resident memory (``ru_maxrss``) is its own; with ``--small`` all configurations share one process

@@ -50,6 +50,12 @@ flags.DEFINE_integer(
     "Grid intervals per solver step after the first 32 (Hermite-interpolated residuals in "
     "between): fewer kernel products per round; experiments/solver_stride.py measures the error.",
 )  # fmt: skip
+flags.DEFINE_bool(
+    "degree_buckets", _D.degree_buckets,
+    "NTK-DFL/SPARK on graphs with uneven degrees (erdos_renyi, star, custom): evolve every client "
+    "on a shorter compacted pooled width and only the fullest neighbourhoods at full width (the "
+    "same result as padding all to the largest degree, at less cost).",
+)  # fmt: skip
 flags.DEFINE_string("loss", _D.loss, "ce or mse.")
 flags.DEFINE_integer("seed", _D.seed, "Root seed (data split, graphs, init, sampling).")
 flags.DEFINE_integer("devices", 0, "Devices to shard clients over; 0 = all accelerators, or one "
@@ -117,7 +123,7 @@ def config_from_flags(devices: int) -> Config:
         link_failure=f.link_failure, client_dropout=f.client_dropout, rounds=f.rounds, lr=f.lr,
         lr_decay=f.lr_decay, batch_size=f.batch_size, local_epochs=f.local_epochs,
         momentum=f.momentum, participation=f.participation, horizons=_horizons(f.horizons),
-        solver=f.solver, solver_stride=f.solver_stride, loss=f.loss, seed=f.seed, devices=devices, eval_every=f.eval_every,
+        solver=f.solver, solver_stride=f.solver_stride, degree_buckets=f.degree_buckets, loss=f.loss, seed=f.seed, devices=devices, eval_every=f.eval_every,
         local_eval_samples=f.local_eval_samples, target_accuracy=f.target_accuracy,
         checkpoint_every=f.checkpoint_every, keep_checkpoints=f.keep_checkpoints,
         spark_stages=f.spark_stages, spark_options=_spark_options(f.spark),

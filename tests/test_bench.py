@@ -22,6 +22,7 @@ SUMMARY_KEYS = {
     "gossip": ("dense_over_ppermute",),
     "fusion": ("dpsgd",),
     "spark_overhead": ("spark_over_ntk_dfl", "paired_ratios"),
+    "degree_buckets": ("padded_over_buckets", "paired_ratios"),
 }
 
 

@@ -1,18 +1,22 @@
 """Two NTK-DFL rounds through the simulator against an independent float64 NumPy computation
 written from SPEC sections 3 and 5: explicit Jacobians, explicit ODE integration (scipy DOP853),
-explicit uniform averaging over a ring."""
+explicit uniform averaging over a ring, and over a star, whose uneven degrees make the simulator
+evolve the leaves on a shorter pooled width than the hub (`topology.degree_buckets`)."""
 
 import numpy as np
 import pytest
 from _reference import flat_params, ntk_step
 
-from spark_tpu import simulator
+from spark_tpu import simulator, topology
 
 ETA0, DECAY, HORIZONS, Q = 0.05, 0.07, (3, 6, 12, 48), 6  # 48: strided solver steps after 32
 
 
-@pytest.mark.parametrize("devices,memory_bound", [(1, False), (4, False), (1, True)])
-def test_two_ntk_dfl_rounds_match_float64_reference(devices, memory_bound, monkeypatch):
+@pytest.mark.parametrize(
+    "devices,memory_bound,graph",
+    [(1, False, "ring"), (4, False, "ring"), (1, True, "ring"), (1, False, "star"), (2, False, "star")],
+)
+def test_two_ntk_dfl_rounds_match_float64_reference(devices, memory_bound, graph, monkeypatch):
     if memory_bound:  # the accelerator path whose vmap must be split to fit: 6 clients, 4 fit
         from spark_tpu.algorithms import _ntk_dfl
 
@@ -31,10 +35,13 @@ def test_two_ntk_dfl_rounds_match_float64_reference(devices, memory_bound, monke
         )
     cfg = simulator.Config(
         algorithm="ntk_dfl", dataset="digits", clients=Q, samples_per_client=10, rounds=2,
-        topology="ring", time_varying=False, mixing="uniform", partition="iid", lr=ETA0,
+        topology=graph, time_varying=False, mixing="uniform", partition="iid", lr=ETA0,
         lr_decay=DECAY, horizons=HORIZONS, devices=devices, local_eval_samples=50,
     )
     sim = simulator.Simulation(cfg)
+    buckets = topology.degree_buckets(sim.setup.plan)
+    assert (buckets is not None) == (graph == "star")  # star: (2 slots, the hub at full width)
+    adjacency = {"ring": topology.ring, "star": topology.star}[graph](Q)
     a = sim.setup.arrays
     shapes, theta0 = flat_params(sim.setup.params.layers)
     x = np.asarray(a.x[:Q], np.float64).reshape(Q, a.x.shape[1], -1)
@@ -44,7 +51,7 @@ def test_two_ntk_dfl_rounds_match_float64_reference(devices, memory_bound, monke
         eta = ETA0 * np.exp(-DECAY * k)
         new = []
         for q in range(Q):
-            hood = [(q - 1) % Q, q, (q + 1) % Q]
+            hood = [q, *np.flatnonzero(adjacency[q])]
             avg = thetas[hood].mean(axis=0)
             x_hood, y_hood = np.concatenate(x[hood]), np.concatenate(y[hood])
             new.append(ntk_step(avg, shapes, x_hood, y_hood, eta, HORIZONS)[0])

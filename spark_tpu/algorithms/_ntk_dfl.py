@@ -31,12 +31,24 @@ class Pooled(NamedTuple):
     mask: Any
 
 
-def pool_neighbourhood(ctx: RoundContext, extra=None):
+def pool_neighbourhood(ctx: RoundContext, extra=None, compact: bool = False):
     """Gathers every client's closed neighbourhood's data (and optional per-sample ``extra``
-    rows, e.g. teacher logits) into pooled arrays; dead links and padding are masked."""
+    rows, e.g. teacher logits) into pooled arrays; dead links and padding are masked.
+
+    ``compact`` puts the alive neighbours' blocks first (self stays first), so that a prefix of
+    the pooled rows holds everything a low-degree client has (see `evolve_clients`' buckets)."""
     d = ctx.data
     nb = gossip.neighbors((d.x, d.y, d.mask, extra), ctx.graph)
-    keep = gossip.neighbor_mask(ctx.graph)[:, :, None] & nb[2]
+    alive = gossip.neighbor_mask(ctx.graph)
+    if compact:
+        order = jnp.argsort(~alive, axis=1, stable=True)  # [L, K + 1]
+
+        def front(a):
+            index = order.reshape(order.shape + (1,) * (a.ndim - 2))
+            return jnp.take_along_axis(a, index, axis=1)
+
+        nb, alive = jax.tree.map(front, nb), front(alive)
+    keep = alive[:, :, None] & nb[2]
 
     def flat(a):
         return a.reshape((a.shape[0], a.shape[1] * a.shape[2]) + a.shape[3:])
@@ -102,14 +114,23 @@ def map_clients(fn: Callable, xs, client_batch: int, pooled_size: int | None = N
     return ntk.batch_map(fn, *xs, strategy=strategy, batch_size=client_batch or None)
 
 
+def bucket_rows(buckets: tuple[int, int] | None, ctx: RoundContext) -> tuple[int, int] | None:
+    """(pooled slots, b) → (pooled rows, b): each slot is one client's block of samples."""
+    return None if buckets is None else (buckets[0] * ctx.data.mask.shape[1], buckets[1])
+
+
 def evolve_clients(
     model: Model, start, pooled: Pooled, objectives, *, eta, num_classes, horizons, solver,
-    client_batch, step_options: dict | None = None,
+    client_batch, step_options: dict | None = None, buckets: tuple[int, int] | None = None,
 ):
     """The NTK evolution step (SPEC 3) for every local client from ``start`` on its pooled data.
 
-    ``objectives(y_onehot, mask, i) -> ntk.Objective`` builds client i's objective;
-    ``step_options`` go to `ntk.ntk_evolution_step` (e.g. a projected ``kernel_fn``, SPEC 6).
+    ``objectives(y_onehot, mask, i) -> ntk.Objective`` builds client i's objective on the first
+    ``len(y_onehot)`` pooled rows; ``step_options`` go to `ntk.ntk_evolution_step` (e.g. a
+    projected ``kernel_fn``, SPEC 6). ``buckets=(rows, b)`` (pooled data compacted, see
+    `topology.degree_buckets`): every client runs on its first ``rows`` pooled rows, then the
+    ``b`` clients with the most valid rows run again on all of them and replace their results.
+    Masked rows do not change the step, so this is the padded computation at a lower cost.
     """
     step_options = step_options or {}
 
@@ -121,21 +142,33 @@ def evolve_clients(
         )  # MSE runs use solver="mse_closed_form" (see ntk_dfl)
         return eqx.partition(new, eqx.is_array)[0], info
 
+    def run(p, x, y, mask, i):
+        return map_clients(one, (p, x, y, mask, i), client_batch, mask.shape[1])
+
     index = jnp.arange(pooled.mask.shape[0], dtype=jnp.int32)
-    return map_clients(
-        one, (start, pooled.x, pooled.y, pooled.mask, index), client_batch, pooled.mask.shape[1]
-    )
+    if buckets is None:
+        return run(start, pooled.x, pooled.y, pooled.mask, index)
+    rows, big = buckets
+    new, info = run(start, *(a[:, :rows] for a in pooled), index)
+    if big == 0:
+        return new, info
+    sel = jax.lax.top_k(jnp.sum(pooled.mask, axis=1), big)[1]  # the b fullest neighbourhoods
+    take = lambda t: jax.tree.map(lambda a: a[sel], t)  # noqa: E731
+    new_big, info_big = run(take(start), *take(tuple(pooled)), sel)
+    put = lambda a, b: a.at[sel].set(b)  # noqa: E731
+    return jax.tree.map(put, new, new_big), jax.tree.map(put, info, info_big)
 
 
 def ntk_dfl(
     model: Model, *, num_classes: int, eta0: float = 0.01, lr_decay: float = 0.07,
     horizons=(100, 200, 400, 600, 800), solver: str = "rk4", loss: str = "ce",
-    client_batch: int = 0, solver_stride: int = 4,
+    client_batch: int = 0, solver_stride: int = 4, buckets: tuple[int, int] | None = None,
 ) -> Algorithm:
     """NTK-DFL (Thompson et al., ICML 2025; SPEC 5) with η_k = η0·exp(−decay·k).
 
     ``solver_stride``: grid intervals per solver step after the first 32 (see
-    `ntk.solve_function_space`).
+    `ntk.solve_function_space`). ``buckets``: ``topology.degree_buckets`` of the plan (pooled
+    slots, clients at full width), to skip most padding on graphs with uneven degrees.
     """
     schedule = ntk.lr_schedule(eta0, lr_decay)
     make_objective = ntk.cross_entropy if loss == "ce" else ntk.mse
@@ -144,11 +177,12 @@ def ntk_dfl(
 
     def round_(state: ParamsState, ctx: RoundContext):
         averaged = gossip.mix(state.params, ctx.graph)
-        pooled, _ = pool_neighbourhood(ctx)
+        pooled, _ = pool_neighbourhood(ctx, compact=buckets is not None)
         new, info = evolve_clients(
             model, averaged, pooled, lambda y, m, i: make_objective(y, m),
             eta=schedule(ctx.round), num_classes=num_classes, horizons=tuple(horizons),
             solver=solver, client_batch=client_batch, step_options={"stride": solver_stride},
+            buckets=bucket_rows(buckets, ctx),
         )
         one = jax.tree.map(lambda p: p[0], state.params)
         metrics = {

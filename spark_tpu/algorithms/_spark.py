@@ -26,7 +26,9 @@ from spark_tpu import gossip, ntk
 from spark_tpu.ntk._projection import back_project_with, project_jacobian_with, projection_sizes
 
 from ._base import BYTES_PER_FLOAT, Algorithm, Model, RoundContext, alive_degree, num_params
-from ._ntk_dfl import evolve_clients, map_clients, ntk_dfl_bytes, pool_neighbourhood
+from ._ntk_dfl import (
+    bucket_rows, evolve_clients, map_clients, ntk_dfl_bytes, pool_neighbourhood,
+)
 from ._stages import parse_stages
 
 # Chosen by experiments/spark_ablation.py (results/spark_ablation.md): a 3-round warm-up of plain
@@ -109,17 +111,21 @@ def _projection_step(model: Model, start, ctx: RoundContext, opts: dict) -> dict
     return {"linearize_fn": linearize}
 
 
-def _teacher_logits(model: Model, averaged, pooled, ctx, teacher: str, client_batch: int):
+def _teacher_logits(
+    model: Model, averaged, pooled, ctx, teacher: str, client_batch: int, compact: bool
+):
     if teacher == "averaged":  # g = f(X_Sq; w̄_q)
         return map_clients(model.apply, (averaged, pooled.x), client_batch)
     own = map_clients(model.apply, (averaged, ctx.data.x), client_batch)
-    return pool_neighbourhood(ctx, extra=own)[1]  # each neighbour's own model on its own data
+    # each neighbour's own model on its own data, pooled in the same order as ``pooled``
+    return pool_neighbourhood(ctx, extra=own, compact=compact)[1]
 
 
 def spark(
     model: Model, *, num_classes: int, stages: str = "", rounds: int, options: dict | None = None,
     eta0: float = 0.01, lr_decay: float = 0.07, horizons=(100, 200, 400, 600, 800),
     solver: str = "rk4", loss: str = "ce", client_batch: int = 0, solver_stride: int = 4,
+    buckets: tuple[int, int] | None = None,
 ) -> Algorithm:
     """SPARK. Per round k, with (λ, T, μ) from the stage schedule at k:
 
@@ -143,18 +149,20 @@ def spark(
         buf = gossip.mix(state.velocity, ctx.graph) if opts["buffer"] == "gossip" else state.velocity
         nesterov = opts["momentum"] == "nesterov"
         start = jax.tree.map(lambda a, v: a + hp["mu"] * v, averaged, buf) if nesterov else averaged
-        pooled, _ = pool_neighbourhood(ctx)
-        g = _teacher_logits(model, averaged, pooled, ctx, opts["teacher"], client_batch)
+        compact = buckets is not None
+        pooled, _ = pool_neighbourhood(ctx, compact=compact)
+        g = _teacher_logits(model, averaged, pooled, ctx, opts["teacher"], client_batch, compact)
 
-        def objective(y, mask, i):
+        def objective(y, mask, i):  # on the first len(y) pooled rows (buckets)
             return ntk.soft_label_regularized(
-                y, g[i], mask, weight=hp["lam"], temperature=hp["T"]
+                y, g[i][: y.shape[0]], mask, weight=hp["lam"], temperature=hp["T"]
             )
 
         new, info = evolve_clients(
             model, start, pooled, objective, eta=eta(ctx.round), num_classes=num_classes,
             horizons=tuple(horizons), solver=solver, client_batch=client_batch,
             step_options={**_projection_step(model, start, ctx, opts), "stride": solver_stride},
+            buckets=bucket_rows(buckets, ctx),
         )
         if not nesterov:
             new = jax.tree.map(lambda w, v: w + hp["mu"] * v, new, buf)

@@ -39,8 +39,11 @@ def hyperparameters(cfg: Config) -> dict[str, Any]:
     return hp
 
 
-def make_algorithm(cfg: Config, model: algorithms.Model, num_classes: int) -> algorithms.Algorithm:
-    """The algorithm named by --algorithm with its hyperparameters closed over."""
+def make_algorithm(
+    cfg: Config, model: algorithms.Model, num_classes: int, plan: topology.GossipPlan | None = None
+) -> algorithms.Algorithm:
+    """The algorithm named by --algorithm with its hyperparameters closed over (``plan``: the
+    gossip plan, whose degrees size the NTK step's pooled-data buckets)."""
     hp = hyperparameters(cfg)
     a = cfg.algorithm
     if a in ("dgd", "atc", "cta"):
@@ -58,6 +61,14 @@ def make_algorithm(cfg: Config, model: algorithms.Model, num_classes: int) -> al
         solver=cfg.solver, loss=cfg.loss, client_batch=cfg.client_batch,
         solver_stride=cfg.solver_stride,
     )
+    if a in ("ntk_dfl", "spark") and cfg.degree_buckets and plan is not None:
+        ntk_options["buckets"] = topology.degree_buckets(plan)
+        if ntk_options["buckets"] is not None:
+            slots, big = ntk_options["buckets"]
+            logging.info(
+                "pooled data in two widths: %d of %d neighbourhood slots for every client, all "
+                "for the %d fullest per device (--degree_buckets)", slots, plan.max_degree + 1, big,
+            )
     if a == "ntk_dfl":
         return algorithms.ntk_dfl(model, **ntk_options)
     if a == "spark":
@@ -146,7 +157,7 @@ def build(cfg: Config, devices: int) -> Setup:
         cfg=cfg, dataset=ds, arrays=arrays,
         partition_summary=data.partition_summary(part, ds.train_y, ds.num_classes),
         topology_summary=summary, plan=plan, params=params, model=model,
-        algorithm=make_algorithm(cfg, model, ds.num_classes),
+        algorithm=make_algorithm(cfg, model, ds.num_classes, plan),
     )
 
 

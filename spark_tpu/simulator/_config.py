@@ -53,6 +53,7 @@ class Config:
     solver: str = "rk4"
     solver_stride: int = 4  # grid intervals per solver step after step 32 (experiments/solver_stride.py)
     client_batch: int = 0  # NTK: 0 = by platform (map on CPU, vmap on GPU/TPU); k = batches of k
+    degree_buckets: bool = True  # NTK-DFL/SPARK: two pooled widths on uneven-degree graphs
     loss: str = "ce"
     seed: int = 0
     devices: int = 8

@@ -22,5 +22,6 @@ from ._mixing import spectral_gap as spectral_gap
 from ._mixing import uniform_weights as uniform_weights
 from ._plan import GossipPlan as GossipPlan
 from ._plan import build_plan as build_plan
+from ._plan import degree_buckets as degree_buckets
 from ._topology import TOPOLOGIES as TOPOLOGIES
 from ._topology import Topology as Topology
