@@ -439,7 +439,8 @@ def degree_buckets(small: bool) -> Suite:
             "paired_median": statistics.median(paired),
         }
 
-    return Suite("NTK-DFL on Erdős–Rényi: padded to the largest degree vs two widths", tasks, summarize)
+    title = "NTK-DFL on Erdős–Rényi: padded to the largest degree vs two widths"
+    return Suite(title, tasks, summarize)
 
 
 SUITES = {

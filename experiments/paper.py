@@ -33,6 +33,8 @@ flags.DEFINE_integer("devices", 0, "Devices (0: all accelerators, else 8 emulate
 flags.DEFINE_float("target", 0.85, "Target accuracy for rounds/bytes-to-target.")
 flags.DEFINE_string("topology", "regular", "regular, ring or erdos_renyi.")
 flags.DEFINE_list("horizons", [], "NTK horizons (default: the reference 100,200,400,600,800).")
+flags.DEFINE_string("solver", "rk4", "NTK function-space solver (e.g. rkc4, rkc6).")
+flags.DEFINE_integer("solver_stride", 4, "Grid intervals per solver step after step 32.")
 flags.DEFINE_bool("small", False, "A seconds-long smoke version on CPU.")
 FLAGS = flags.FLAGS
 
@@ -72,6 +74,7 @@ def main(_):
             )
             if FLAGS.horizons:
                 base["horizons"] = tuple(int(h) for h in FLAGS.horizons)
+            base.update(solver=FLAGS.solver, solver_stride=FLAGS.solver_stride)
             if FLAGS.small:
                 base.update(clients=16, samples_per_client=30, horizons=(10, 20), graph_pool=4)
             if FLAGS.topology == "erdos_renyi":  # the same mean degree as the 5-regular graph
@@ -79,6 +82,8 @@ def main(_):
             name = f"paper_{alpha}_s{seed}" + (f"_{FLAGS.topology}" if FLAGS.topology != "regular" else "")
             if FLAGS.horizons:
                 name += "_h" + "-".join(FLAGS.horizons)
+            if FLAGS["solver"].present or FLAGS["solver_stride"].present:
+                name += f"_{FLAGS.solver}x{FLAGS.solver_stride}"
             if (FLAGS.clients, FLAGS.samples) != (300, 200):
                 name += f"_q{FLAGS.clients}n{FLAGS.samples}"
             name += "_small" if FLAGS.small else ""

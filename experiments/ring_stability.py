@@ -39,7 +39,9 @@ VARIANTS = {
     "spark μ=0.5": ("spark", WARMUP + "lam=0.5->0.1@cos, T=2, mu=0.5", (), None),
     "spark λ 1.0→0.5": ("spark", WARMUP + "lam=1.0->0.5@cos, T=2, mu=0.9", (), None),
     "spark, gossiped buffer": ("spark", "", (("buffer", "gossip"),), None),
-    "regularizer only (λ 0.5→0.1, μ=0)": ("spark", WARMUP + "lam=0.5->0.1@cos, T=2, mu=0", (), None),
+    "regularizer only (λ 0.5→0.1, μ=0)": (
+        "spark", WARMUP + "lam=0.5->0.1@cos, T=2, mu=0", (), None
+    ),
     "ntk_dfl+momentum μ=0.9, horizons ≤ 200": ("spark", "0: lam=0, mu=0.9", (), SHORT),
     "spark, horizons ≤ 200": ("spark", "", (), SHORT),
 }

@@ -37,6 +37,11 @@ _STRIDES = flags.DEFINE_list("strides", ["1", "2", "3", "4", "6", "8"], "Strides
 _SOLVERS = flags.DEFINE_list("solvers", ["rk4", "euler"], "Solvers to compare.")
 _FROM = flags.DEFINE_list("stride_froms", ["32"], "Grid steps where strides begin, to compare.")
 _OUT = flags.DEFINE_string("out", "experiments/results/solver_stride.json", "Result file.")
+_RKC = flags.DEFINE_list(
+    "rkc", [], "Also offer Runge–Kutta–Chebyshev solvers rkcS with these stage counts S to "
+    "--solvers (spark_tpu.ntk.rkc_tableau; rkc4 and rkc6 are built in).",
+)
+
 
 
 def _pooled(n_clients: int, per_client: int, seed: int = 0):
@@ -55,6 +60,10 @@ def _pooled(n_clients: int, per_client: int, seed: int = 0):
 
 def main(argv) -> None:
     del argv
+    from spark_tpu.ntk import _solver
+
+    for stages in _RKC.value:
+        _solver.TABLEAUX.setdefault(f"rkc{int(stages)}", _solver.rkc_tableau(int(stages)))
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
@@ -155,7 +164,9 @@ def main(argv) -> None:
             "solver_s_float32": float(np.median([r["solver_s_float32"] for r in sel])),
         }
     out = {
-        "command": "python -m experiments.solver_stride" + (" --small" if small else ""),
+        "command": "python -m experiments.solver_stride" + (" --small" if small else "")
+        + "".join(f" --{k}={','.join(v)}" for k, v in (
+            ("solvers", _SOLVERS.value), ("strides", _STRIDES.value), ("rkc", _RKC.value)) if v),
         "n": len(y), "horizons": horizons, "eta": eta, "rows": rows, "summary": summary,
         "machine": {"cpus": os.cpu_count(), "jax": jax.__version__, "load_average": os.getloadavg()},
     }  # fmt: skip

@@ -43,7 +43,8 @@ flags.DEFINE_float("participation", _D.participation, "Fraction of clients sampl
                    "(fedavg, ntk_fl).")
 flags.DEFINE_list("horizons", [str(h) for h in _D.horizons], "NTK evolution horizons τ.")
 flags.DEFINE_string(
-    "solver", _D.solver, "Function-space solver: rk4 (default), bosh3, dopri5, midpoint or euler."
+    "solver", _D.solver, "Function-space solver: rk4 (default), bosh3, dopri5, midpoint, euler, "
+    "or rkc4/rkc6 (Runge–Kutta–Chebyshev: longer stable --solver_stride, ~1e-3 error).",
 )
 flags.DEFINE_integer(
     "solver_stride", _D.solver_stride,

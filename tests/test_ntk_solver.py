@@ -235,6 +235,14 @@ def test_strided_solver_matches_dop853_at_every_grid_point(digits_problem, strid
     np.testing.assert_allclose(sol.final_logits, ref[-1], atol=tol * displacement)
 
 
+@pytest.mark.parametrize("solver, stride, tol", [("rkc4", 8, 2e-3), ("rkc6", 16, 5e-3)])
+def test_chebyshev_solvers_stay_stable_at_long_strides(digits_problem, solver, stride, tol):
+    """Where rk4 blows up (stride 16, below), Runge–Kutta–Chebyshev stays within its 2nd-order
+    accuracy of DOP853 at every grid point."""
+    errors, sol, ref, displacement = _grid_errors(digits_problem, 160, stride=stride, solver=solver)
+    assert max(errors) <= tol, errors
+
+
 def test_strided_solver_fails_visibly_when_too_coarse(digits_problem):
     """The same comparison rejects a stride past rk4's stability limit (the check can fail)."""
     kernel, f0, y, eta = digits_problem
@@ -244,3 +252,28 @@ def test_strided_solver_fails_visibly_when_too_coarse(digits_problem):
     assert not err <= 1e-2  # NaN (blown up) or far off
     with pytest.raises(ValueError, match="stride"):
         _solve(kernel, f0, y, eta, (10,), stride=0)
+
+
+def test_rkc_tableau_is_the_chebyshev_method():
+    """The Butcher form of Runge–Kutta–Chebyshev (`ntk.rkc_tableau`, solvers rkc4 and rkc6) has the
+    method's closed-form stability polynomial a + b·T_s(w0 + w1·z) and is 2nd order."""
+    from numpy.polynomial import chebyshev
+
+    from spark_tpu.ntk import rkc_tableau
+
+    for s in (3, 4, 6, 8):
+        tab = rkc_tableau(s, damping=0.05)
+        a = np.zeros((s, s))
+        for k, row in enumerate(tab.a):
+            a[k, : len(row)] = row
+        b = np.asarray(tab.b)
+        c = a.sum(axis=1)
+        assert abs(b.sum() - 1) < 1e-12 and abs(b @ c - 0.5) < 1e-12  # order 2
+        w0 = 1 + 0.05 / s**2
+        ts = chebyshev.Chebyshev.basis(s)
+        w1 = ts.deriv()(w0) / ts.deriv(2)(w0)
+        bs = ts.deriv(2)(w0) / ts.deriv()(w0) ** 2
+        for z in np.linspace(-0.6 * s * s, 0, 41):
+            r = 1 + z * b @ np.linalg.solve(np.eye(s) - z * a, np.ones(s))
+            assert abs(r - (1 - bs * ts(w0) + bs * ts(w0 + w1 * z))) < 1e-9
+            assert abs(r) <= 1 + 1e-9  # stable on [-0.6·s², 0]

@@ -16,6 +16,7 @@ from ._projection import project_jacobian as project_jacobian
 from ._projection import projected_trace_kernel as projected_trace_kernel
 from ._schedule import lr_schedule as lr_schedule
 from ._solver import TABLEAUX as TABLEAUX
+from ._solver import rkc_tableau as rkc_tableau
 from ._solver import count_products as count_products
 from ._solver import FunctionSpaceSolution as FunctionSpaceSolution
 from ._solver import Tableau as Tableau

@@ -15,7 +15,7 @@ ALIASES = {"dpsgd": "dgd", "d-psgd": "dgd"}
 PARTITIONS = ("dirichlet", "dirichlet_disjoint", "iid", "shards")
 MODELS = ("mlp", "cnn", "ntk_mlp")
 LOSSES = ("ce", "mse")
-SOLVERS = ("rk4", "bosh3", "dopri5", "midpoint", "euler")  # keys of spark_tpu.ntk.TABLEAUX
+SOLVERS = ("rk4", "bosh3", "dopri5", "midpoint", "euler", "rkc4", "rkc6")  # keys of spark_tpu.ntk.TABLEAUX
 
 
 @dataclasses.dataclass(frozen=True)
