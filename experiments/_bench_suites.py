@@ -370,6 +370,38 @@ def fusion(small: bool) -> Suite:
     return Suite("Fused multi-round chunks vs one dispatch per round", tasks, summarize)
 
 
+def _pair_suite(
+    title: str, configs: dict, num: str, den: str, *, devices: int, rounds: int, **extra
+) -> Suite:
+    first, second = configs  # the task's label names them in the order they are interleaved
+    """Two configurations with their rounds interleaved in one process (`_bench_sim.pair`),
+    summarized as ``num_over_den`` (ratio of medians) and the per-round paired ratios."""
+    tasks = [
+        {
+            "kind": "pair",
+            "label": f"{first} vs {second}",
+            "configs": configs,
+            "devices": devices,
+            "rounds": rounds,
+            "warmup": 1,
+        }
+    ]
+
+    def summarize(rows):
+        r = _by_label(rows)
+        if num not in r or den not in r:
+            return {}
+        paired = [a / b for a, b in zip(r[num]["round_s"], r[den]["round_s"])]
+        return {
+            f"{num}_over_{den}": _ratio(rows, num, den),
+            "paired_ratios": paired,
+            "paired_median": statistics.median(paired),
+            **extra,
+        }
+
+    return Suite(title, tasks, summarize)
+
+
 def spark_overhead(small: bool) -> Suite:
     """A SPARK round against an NTK-DFL round at the same reduced setting (target ≤ 1.3×)."""
     if small:
@@ -377,37 +409,15 @@ def spark_overhead(small: bool) -> Suite:
     else:
         base = dict(FMNIST, clients=16, horizons=[100, 200, 400])
     configs = {"ntk_dfl": dict(base, algorithm="ntk_dfl"), "spark": dict(base, algorithm="spark")}
-    tasks = [
-        {
-            "kind": "pair",
-            "label": "ntk_dfl vs spark",
-            "configs": configs,
-            "devices": 8,
-            "rounds": 2 if small else 4,
-            "warmup": 1,
-        }
-    ]
-
-    def summarize(rows):
-        r = _by_label(rows)
-        if "spark" not in r or "ntk_dfl" not in r:
-            return {}
-        paired = [s / n for s, n in zip(r["spark"]["round_s"], r["ntk_dfl"]["round_s"])]
-        return {
-            "spark_over_ntk_dfl": _ratio(rows, "spark", "ntk_dfl"),
-            "paired_ratios": paired,
-            "paired_median": statistics.median(paired),
-            "target": 1.3,
-        }
-
-    return Suite("SPARK round vs NTK-DFL round", tasks, summarize)
+    return _pair_suite(
+        "SPARK round vs NTK-DFL round", configs, "spark", "ntk_dfl", devices=8,
+        rounds=2 if small else 4, target=1.3,
+    )
 
 
 def degree_buckets(small: bool) -> Suite:
     """NTK-DFL on Erdős–Rényi graphs with the pooled data padded to the pool's largest degree
     against two widths (``--degree_buckets``, `topology.degree_buckets`), one process."""
-    from spark_tpu import platform
-
     if small:
         base = dict(DIGITS, clients=24, horizons=[5, 10], edge_probability=0.15)
     else:  # mean degree 5, as the paper's 5-regular graph
@@ -417,30 +427,10 @@ def degree_buckets(small: bool) -> Suite:
     configs = {
         "padded": dict(base, degree_buckets=False), "buckets": dict(base, degree_buckets=True),
     }
-    tasks = [
-        {
-            "kind": "pair",
-            "label": "padded vs buckets",
-            "configs": configs,
-            "devices": platform.default_cpu_devices(),
-            "rounds": 2 if small else 4,
-            "warmup": 1,
-        }
-    ]
-
-    def summarize(rows):
-        r = _by_label(rows)
-        if "padded" not in r or "buckets" not in r:
-            return {}
-        paired = [p / b for p, b in zip(r["padded"]["round_s"], r["buckets"]["round_s"])]
-        return {
-            "padded_over_buckets": _ratio(rows, "padded", "buckets"),
-            "paired_ratios": paired,
-            "paired_median": statistics.median(paired),
-        }
-
-    title = "NTK-DFL on Erdős–Rényi: padded to the largest degree vs two widths"
-    return Suite(title, tasks, summarize)
+    return _pair_suite(
+        "NTK-DFL on Erdős–Rényi: padded to the largest degree vs two widths", configs, "padded",
+        "buckets", devices=platform.default_cpu_devices(), rounds=2 if small else 4,
+    )
 
 
 SUITES = {

@@ -111,14 +111,15 @@ def _projection_step(model: Model, start, ctx: RoundContext, opts: dict) -> dict
     return {"linearize_fn": linearize}
 
 
-def _teacher_logits(
-    model: Model, averaged, pooled, ctx, teacher: str, client_batch: int, compact: bool
+def _pool_with_teacher(
+    model: Model, averaged, ctx, teacher: str, client_batch: int, compact: bool
 ):
+    """The pooled neighbourhood and the teacher's logits g on its rows, in one exchange."""
     if teacher == "averaged":  # g = f(X_Sq; w̄_q)
-        return map_clients(model.apply, (averaged, pooled.x), client_batch)
+        pooled, _ = pool_neighbourhood(ctx, compact=compact)
+        return pooled, map_clients(model.apply, (averaged, pooled.x), client_batch)
     own = map_clients(model.apply, (averaged, ctx.data.x), client_batch)
-    # each neighbour's own model on its own data, pooled in the same order as ``pooled``
-    return pool_neighbourhood(ctx, extra=own, compact=compact)[1]
+    return pool_neighbourhood(ctx, extra=own, compact=compact)  # each neighbour's own model
 
 
 def spark(
@@ -149,9 +150,9 @@ def spark(
         buf = gossip.mix(state.velocity, ctx.graph) if opts["buffer"] == "gossip" else state.velocity
         nesterov = opts["momentum"] == "nesterov"
         start = jax.tree.map(lambda a, v: a + hp["mu"] * v, averaged, buf) if nesterov else averaged
-        compact = buckets is not None
-        pooled, _ = pool_neighbourhood(ctx, compact=compact)
-        g = _teacher_logits(model, averaged, pooled, ctx, opts["teacher"], client_batch, compact)
+        pooled, g = _pool_with_teacher(
+            model, averaged, ctx, opts["teacher"], client_batch, compact=buckets is not None
+        )
 
         def objective(y, mask, i):  # on the first len(y) pooled rows (buckets)
             return ntk.soft_label_regularized(
