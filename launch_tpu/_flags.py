@@ -43,13 +43,16 @@ flags.DEFINE_float("participation", _D.participation, "Fraction of clients sampl
                    "(fedavg, ntk_fl).")
 flags.DEFINE_list("horizons", [str(h) for h in _D.horizons], "NTK evolution horizons τ.")
 flags.DEFINE_string(
-    "solver", _D.solver, "Function-space solver: rk4 (default), bosh3, dopri5, midpoint, euler, "
-    "or rkc4/rkc6 (Runge–Kutta–Chebyshev: longer stable --solver_stride, ~1e-3 error).",
+    "solver", _D.solver, "Function-space solver: adaptive (default: error-controlled RK4, steps "
+    "chosen per client; max error of the weight step ~5e-5, experiments/solver_audit.py), or a "
+    "fixed step: rk4, bosh3, dopri5, midpoint, euler (discrete GD of the linearized model), "
+    "rkc4/rkc6 (Runge–Kutta–Chebyshev, 2nd order: longer stable --solver_stride).",
 )
 flags.DEFINE_integer(
     "solver_stride", _D.solver_stride,
-    "Grid intervals per solver step after the first 32 (Hermite-interpolated residuals in "
-    "between): fewer kernel products per round; experiments/solver_stride.py measures the error.",
+    "Fixed-step solvers only: grid intervals per solver step after the first 32 (Hermite-"
+    "interpolated residuals in between). A step that leaves the solver's accuracy (stability) "
+    "region is reported by a warning naming the round and the client count.",
 )  # fmt: skip
 flags.DEFINE_bool(
     "degree_buckets", _D.degree_buckets,

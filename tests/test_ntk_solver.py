@@ -84,9 +84,10 @@ def _grid_errors(problem, steps, **options):
 
 def test_default_solver_matches_dop853_at_reference_stiffness(digits_problem):
     def errors(**options):
-        return _grid_errors(digits_problem, 100, stride=1, **options)[0]
+        return _grid_errors(digits_problem, 100, **options)[0]
 
-    assert max(errors()) <= 1e-4  # rk4 with its warm-up
+    assert max(errors()) <= 1e-4  # the adaptive default
+    assert max(errors(solver="rk4")) <= 1e-4  # rk4 at stride 1 with its warm-up
     assert max(errors(solver="dopri5")) <= 1e-4
     # The same checks do reject inaccurate solutions: Euler is off by percents here.
     assert min(errors(solver="euler")) > 1e-2
@@ -154,7 +155,7 @@ def test_mse_closed_form_matches_expm():
     # The ODE solver on the MSE objective agrees (substeps for the undamped stiffness).
     ode = solve_function_space(
         jnp.asarray(kernel), jnp.asarray(f0), mse(jnp.asarray(y), jnp.asarray(mask)).residual,
-        eta=eta, horizons=horizons, num_samples=n_valid, substeps=16,
+        eta=eta, horizons=horizons, num_samples=n_valid, solver="rk4", substeps=16,
     )  # fmt: skip
     np.testing.assert_allclose(ode.residual_sums, sol.residual_sums, rtol=1e-7, atol=1e-10)
 
@@ -230,7 +231,7 @@ def test_strided_solver_matches_dop853_at_every_grid_point(digits_problem, strid
     """Steps of stride·η after the first 32 grid steps, with Hermite-interpolated residuals at
     the grid points inside each step: logits and residual sums at *every* horizon (interior grid
     points, step ends, and the single-step remainder 160 - 32 = 128 ≢ 0 mod 3) against DOP853."""
-    errors, sol, ref, displacement = _grid_errors(digits_problem, 160, stride=stride)
+    errors, sol, ref, displacement = _grid_errors(digits_problem, 160, solver="rk4", stride=stride)
     assert max(errors) <= tol, errors
     np.testing.assert_allclose(sol.final_logits, ref[-1], atol=tol * displacement)
 
@@ -247,11 +248,12 @@ def test_strided_solver_fails_visibly_when_too_coarse(digits_problem):
     """The same comparison rejects a stride past rk4's stability limit (the check can fail)."""
     kernel, f0, y, eta = digits_problem
     ref = _dop853(kernel, f0, y, eta, 96)
-    sol = _solve(kernel, f0, y, eta, (96,), stride=16, stride_from=0)
+    sol = _solve(kernel, f0, y, eta, (96,), solver="rk4", stride=16, stride_from=0)
     err = np.linalg.norm(sol.logits[0] - ref[-1]) / np.linalg.norm(ref[-1] - ref[0])
     assert not err <= 1e-2  # NaN (blown up) or far off
     with pytest.raises(ValueError, match="stride"):
-        _solve(kernel, f0, y, eta, (10,), stride=0)
+        _solve(kernel, f0, y, eta, (10,), solver="rk4", stride=0)
+    assert sol.flagged  # and the solver itself reports that its step left the accuracy region
 
 
 def test_rkc_tableau_is_the_chebyshev_method():
@@ -277,3 +279,57 @@ def test_rkc_tableau_is_the_chebyshev_method():
             r = 1 + z * b @ np.linalg.solve(np.eye(s) - z * a, np.ones(s))
             assert abs(r - (1 - bs * ts(w0) + bs * ts(w0 + w1 * z))) < 1e-9
             assert abs(r) <= 1 + 1e-9  # stable on [-0.6·s², 0]
+
+
+@pytest.fixture(scope="module")
+def stiff_problem(digits_problem):
+    """A neighbourhood stiff where it hurts: the digits kernel's isolated top eigenvalue at
+    η·λ_max(K)/Ñ = 3.6, and every sample split between the same two classes (soft labels
+    0.7/0.3, logits peaked on both), so the softmax Jacobian keeps an eigenvalue of 2·0.7·0.3 =
+    0.42 along the stiff direction for the whole horizon: η·ρ = 1.5 per grid interval, inside
+    RK4's stability interval (2.79) at stride 1 and far outside it at stride 4."""
+    kernel, f0, _, eta = digits_problem
+    n, c = f0.shape
+    y = np.zeros((n, c))
+    y[:, 0], y[:, 1] = 0.7, 0.3
+    f = f0.copy()
+    f[:, :2] += 3.0
+    return kernel, f, y, eta
+
+
+def test_fixed_stride_blows_up_on_stiff_neighbourhood_and_says_so(stiff_problem):
+    """What the old default (rk4, stride 4) did on such a neighbourhood: far off DOP853, and
+    (now) flagged; rk4 at stride 1 is accurate and not flagged."""
+    errors, sol, _, _ = _grid_errors(stiff_problem, 160, solver="rk4", stride=4)
+    assert not max(errors) <= 1e-2 and sol.flagged
+    errors, sol, _, _ = _grid_errors(stiff_problem, 160, solver="rk4", stride=1)
+    assert max(errors) <= 1e-4 and not sol.flagged
+
+
+@pytest.mark.parametrize("problem", ["digits_problem", "stiff_problem"])
+def test_adaptive_solver_matches_dop853_at_every_grid_point(problem, request):
+    """The default solver on both: logits and residual sums at every grid point within 1e-4 of
+    DOP853 (rtol 1e-10), with fewer kernel products than rk4 at stride 1."""
+    errors, sol, ref, displacement = _grid_errors(request.getfixturevalue(problem), 160)
+    assert max(errors) <= 1e-4, errors
+    np.testing.assert_allclose(sol.final_logits, ref[-1], atol=1e-4 * displacement)
+    assert not sol.flagged and 0 < int(sol.products) < 736  # rk4 / 1: 736
+
+
+def test_adaptive_solver_error_follows_its_tolerance(digits_problem):
+    """Tightening rtol tightens the error (the controller is what sets the accuracy), at the
+    price of more products; a fixed-step option is refused rather than ignored."""
+    loose, sol_loose, _, _ = _grid_errors(digits_problem, 100, rtol=1e-3)
+    tight, sol_tight, _, _ = _grid_errors(digits_problem, 100, rtol=1e-7)
+    assert max(tight) < max(loose) / 20 and int(sol_tight.products) > int(sol_loose.products)
+    kernel, f0, y, eta = digits_problem
+    with pytest.raises(ValueError, match="chooses its own steps"):
+        _solve(kernel, f0, y, eta, (10,), stride=4)
+
+
+def test_euler_refuses_a_stride(digits_problem):
+    """Euler is discrete gradient descent of the linearized model: one step per grid interval,
+    whatever else is asked."""
+    kernel, f0, y, eta = digits_problem
+    with pytest.raises(ValueError, match="discrete gradient descent"):
+        _solve(kernel, f0, y, eta, (40,), solver="euler", stride=4)

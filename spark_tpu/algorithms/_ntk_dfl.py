@@ -161,12 +161,13 @@ def evolve_clients(
 
 def ntk_dfl(
     model: Model, *, num_classes: int, eta0: float = 0.01, lr_decay: float = 0.07,
-    horizons=(100, 200, 400, 600, 800), solver: str = "rk4", loss: str = "ce",
-    client_batch: int = 0, solver_stride: int = 4, buckets: tuple[int, int] | None = None,
+    horizons=(100, 200, 400, 600, 800), solver: str = "adaptive", loss: str = "ce",
+    client_batch: int = 0, solver_stride: int = 1, buckets: tuple[int, int] | None = None,
 ) -> Algorithm:
     """NTK-DFL (Thompson et al., ICML 2025; SPEC 5) with η_k = η0·exp(−decay·k).
 
-    ``solver_stride``: grid intervals per solver step after the first 32 (see
+    ``solver``: ``"adaptive"`` (error-controlled) or a fixed-step tableau, whose
+    ``solver_stride`` is the grid intervals per step after the first 32 (see
     `ntk.solve_function_space`). ``buckets``: ``topology.degree_buckets`` of the plan (pooled
     slots, clients at full width), to skip most padding on graphs with uneven degrees.
     """
@@ -188,6 +189,8 @@ def ntk_dfl(
         metrics = {
             "train_loss": info.initial_loss,
             "tau": info.tau,
+            "solver_products": info.solver_products,
+            "solver_flagged": info.solver_flagged,
             "bytes_sent": ntk_dfl_bytes(ctx, one, num_classes),
         }
         return ParamsState(new), metrics

@@ -122,14 +122,16 @@ def _gather_sampled(ctx: RoundContext, chosen, position, count: int):
 def _server_step(
     model: Model, w, pooled, *, num_classes, eta, horizons, solver, make_objective, stride
 ):
-    """SPEC 3 from w on the pooled data: (w + Δw_τ*, τ*, loss of w)."""
+    """SPEC 3 from w on the pooled data: (w + Δw_τ*, τ*, loss of w, (solver products, 1 if the
+    fixed-step solver was flagged else 0))."""
     x, y, mask = pooled
     objective = make_objective(jax.nn.one_hot(y, num_classes, dtype=x.dtype), mask)
     net = eqx.combine(w, model.static)
     new, info = ntk.ntk_evolution_step(
         net, x, objective, mask, eta=eta, horizons=horizons, solver=solver, stride=stride
     )
-    return eqx.partition(new, eqx.is_array)[0], info.tau, info.initial_loss
+    solved = (info.solver_products, info.solver_flagged.astype(jnp.int32))
+    return eqx.partition(new, eqx.is_array)[0], info.tau, info.initial_loss, solved
 
 
 def _on_server_device(step, is_server, replicate: bool):
@@ -157,8 +159,8 @@ def ntk_fl_bytes(ctx: RoundContext, chosen, params_one, num_classes: int):
 
 def ntk_fl(
     model: Model, *, num_clients: int, num_classes: int, participation: float = 0.07,
-    eta: float = 0.01, horizons=NTK_FL_HORIZONS, solver: str = "rk4", loss: str = "ce",
-    replicate_server: bool = False, solver_stride: int = 4,
+    eta: float = 0.01, horizons=NTK_FL_HORIZONS, solver: str = "adaptive", loss: str = "ce",
+    replicate_server: bool = False, solver_stride: int = 1,
 ) -> Algorithm:
     """NTK-FL (SPEC 4) with a constant step η and the server step on one device.
 
@@ -190,7 +192,7 @@ def ntk_fl(
         is_server = jnp.any(ctx.client_ids == source)
         w = _server_model(state.params, ctx, source, is_server, replicate_server)
         pooled = _gather_sampled(ctx, chosen, position, count)
-        new, tau, loss0 = _on_server_device(
+        new, tau, loss0, solved = _on_server_device(
             lambda: _server_step(model, w, pooled, **options), is_server, replicate_server
         )
         slots = ctx.client_ids.shape[0]
@@ -199,6 +201,8 @@ def ntk_fl(
             "train_loss": jnp.where(chosen, loss0, jnp.nan),
             "tau": jnp.broadcast_to(tau, (slots,)),
             "sampled": chosen.astype(jnp.float32),
+            "solver_products": jnp.broadcast_to(solved[0], (slots,)),
+            "solver_flagged": jnp.broadcast_to(solved[1], (slots,)),
             "bytes_sent": ntk_fl_bytes(ctx, chosen, w, num_classes),
         }
         return NTKFLState(params, jnp.full((slots,), ctx.round, jnp.int32)), metrics

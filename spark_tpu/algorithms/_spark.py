@@ -125,7 +125,7 @@ def _pool_with_teacher(
 def spark(
     model: Model, *, num_classes: int, stages: str = "", rounds: int, options: dict | None = None,
     eta0: float = 0.01, lr_decay: float = 0.07, horizons=(100, 200, 400, 600, 800),
-    solver: str = "rk4", loss: str = "ce", client_batch: int = 0, solver_stride: int = 4,
+    solver: str = "adaptive", loss: str = "ce", client_batch: int = 0, solver_stride: int = 1,
     buckets: tuple[int, int] | None = None,
 ) -> Algorithm:
     """SPARK. Per round k, with (λ, T, μ) from the stage schedule at k:
@@ -170,6 +170,7 @@ def spark(
         velocity = jax.tree.map(jnp.subtract, new, averaged)
         metrics = {
             "train_loss": info.initial_loss, "tau": info.tau,
+            "solver_products": info.solver_products, "solver_flagged": info.solver_flagged,
             "lam": jnp.broadcast_to(hp["lam"], info.tau.shape),
             "mu": jnp.broadcast_to(hp["mu"], info.tau.shape),
             "bytes_sent": _bytes(

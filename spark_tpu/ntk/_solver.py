@@ -35,7 +35,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+from ._adaptive import DEFAULT_MAX_STRIDE, DEFAULT_RTOL, solve_adaptive
 
 _PRECISION = jax.lax.Precision.HIGHEST
 
@@ -101,7 +103,14 @@ TABLEAUX["rkc6"] = rkc_tableau(6)  # to h·λ ≈ 23
 
 DEFAULT_WARMUP_STEPS = 8
 DEFAULT_STRIDE_FROM = 32
-_UNKNOWN_SOLVER = "Unknown solver {name!r}; choose one of {choices} (or 'mse_closed_form')."
+ADAPTIVE = "adaptive"
+# A strided step whose residual error estimate (relative, as in `solve_adaptive`) exceeds this
+# has left the method's accuracy region; past the stability boundary the estimate grows
+# geometrically, so it is what an unstable fixed step looks like.
+FLAG_TOLERANCE = 1e-3
+_UNKNOWN_SOLVER = (
+    "Unknown solver {name!r}; choose one of {choices} (or 'adaptive', 'mse_closed_form')."
+)
 
 
 class FunctionSpaceSolution(NamedTuple):
@@ -111,11 +120,17 @@ class FunctionSpaceSolution(NamedTuple):
         residual_sums: ``[H, N, C]``, ``r_τ = Σ_{t<τ} residual(f(s_t))`` per horizon, in order.
         logits: ``[H, N, C]``, the linearized predictions ``f(s_τ)`` per horizon.
         final_logits: ``[N, C]``, ``f(s_max(T))``.
+        products: kernel products ``[C, N] × [N, N]`` the solve took (int32 scalar).
+        flagged: True when a fixed-step solver's step left its accuracy (most often its
+            stability) region: the local error estimate of some strided step exceeded
+            `FLAG_TOLERANCE` (see `solve_function_space`). Always False for "adaptive".
     """
 
     residual_sums: Float[Array, "horizons samples classes"]
     logits: Float[Array, "horizons samples classes"]
     final_logits: Float[Array, "samples classes"]
+    products: Int[Array, ""] | int = 0
+    flagged: Bool[Array, ""] | bool = False
 
 
 def get_tableau(name: str) -> Tableau:
@@ -133,8 +148,9 @@ def check_horizons(horizons: Sequence[int]) -> tuple[int, ...]:
     return out
 
 
-def _rk_step(rhs, g, k1, h, tableau: Tableau):
-    """One explicit RK step from `g` with its first stage `k1` already evaluated."""
+def _rk_step(rhs, g, k1, h, tableau: Tableau, *, last_stage: bool = False):
+    """One explicit RK step from `g` with its first stage `k1` already evaluated (and, with
+    `last_stage`, the step's last stage slope too)."""
     ks = [k1]
     for row in tableau.a[1:]:
         y = g
@@ -145,7 +161,20 @@ def _rk_step(rhs, g, k1, h, tableau: Tableau):
     for coeff, k in zip(tableau.b, ks):
         if coeff != 0.0:
             g = g + (h * coeff) * k
-    return g
+    return (g, ks[-1]) if last_stage else g
+
+
+def _step_error(tableau, g, d, g1, d1, last, span, residual_t):
+    """Relative residual error estimate of one step from its end points and slopes: RK4's
+    embedded 3rd-order solution with the FSAL slope, ``(h/6)(k4 − k5)``, for ``rk4``; the
+    Runge–Kutta–Chebyshev estimate ``0.8(y0 − y1) + 0.4h(F0 + F1)`` for the other tableaux."""
+    if tableau == TABLEAUX["rk4"]:
+        est = (span / 6) * (last - d1)
+    else:
+        est = 0.8 * (g - g1) + (0.4 * span) * (d + d1)
+    r1 = residual_t(g1)
+    rms = lambda v: jnp.sqrt(jnp.mean(jnp.square(v)))  # noqa: E731
+    return rms(r1 - residual_t(g1 - est)) / (1e-3 + rms(r1))
 
 
 def _scan_grid(
@@ -196,9 +225,11 @@ def _scan_strided(carry, first, blocks, stride, *, rhs, residual_t, h, tableau, 
     span = h * stride
 
     def block(state, t0):
-        (g, running, sums, snaps), d = state
-        g1 = _rk_step(rhs, g, d, span, tableau)
+        ((g, running, sums, snaps), d), worst = state
+        g1, last = _rk_step(rhs, g, d, span, tableau, last_stage=True)
         d1 = rhs(g1)
+        err = _step_error(tableau, g, d, g1, d1, last, span, residual_t)
+        worst = jnp.maximum(worst, jnp.where(jnp.isfinite(err), err, jnp.inf))
         inner = _hermite(g, d, g1, d1, span, theta)  # [stride, C, N]; inner[0] == g
         partial = running[None] + jnp.cumsum(jax.vmap(residual_t)(inner), axis=0)
         # Horizon τ in (t0, t0 + stride]: sum of residuals at t0 .. τ-1 = partial[τ - t0 - 1].
@@ -209,16 +240,16 @@ def _scan_strided(carry, first, blocks, stride, *, rhs, residual_t, h, tableau, 
         point = jnp.where(at_end, g1[None], inside)
         sums = jnp.where(hit, jnp.take(partial, jnp.clip(offset, 0, stride - 1), axis=0), sums)
         snaps = jnp.where(hit, point, snaps)
-        return ((g1, partial[-1], sums, snaps), d1), None
+        return (((g1, partial[-1], sums, snaps), d1), worst), None
 
-    if blocks == 0:
-        return carry
     starts = first + stride * jnp.arange(blocks, dtype=jnp.int32)
-    (carry, _), _ = jax.lax.scan(block, (carry, rhs(carry[0])), starts)
-    return carry
+    worst = jnp.zeros((), dtype)
+    ((carry, _), worst), _ = jax.lax.scan(block, ((carry, rhs(carry[0])), worst), starts)
+    return carry, worst
 
 
 def _check_counts(substeps: int, warmup_steps: int, warmup_substeps: int, stride: int) -> None:
+    """Positive counts; stride and substeps not both above 1."""
     if min(int(substeps), int(warmup_substeps), int(stride)) < 1 or int(warmup_steps) < 0:
         raise ValueError(
             "substeps, warmup_substeps and stride must be >= 1 and warmup_steps >= 0; got "
@@ -248,6 +279,11 @@ class _Phases(NamedTuple):
 def _phases(horizons, solver, substeps, warmup_steps, warmup_substeps, stride, stride_from):
     """Validated phase layout shared by `solve_function_space` and `count_products`."""
     total = max(check_horizons(horizons))
+    if solver == "euler" and int(stride) != 1:
+        raise ValueError(
+            "solver='euler' is discrete gradient descent of the linearized model: one step per "
+            f"grid interval, so its stride must be 1; got {stride!r}."
+        )
     if warmup_steps is None:
         warmup_steps = 0 if solver == "euler" else DEFAULT_WARMUP_STEPS
     _check_counts(substeps, warmup_steps, warmup_substeps, stride)
@@ -285,12 +321,14 @@ def solve_function_space(
     eta: ArrayLike,
     horizons: Sequence[int],
     num_samples: ArrayLike,
-    solver: str = "rk4",
+    solver: str = ADAPTIVE,
     substeps: int = 1,
     warmup_steps: int | None = None,
     warmup_substeps: int = 4,
     stride: int = 1,
     stride_from: int = DEFAULT_STRIDE_FROM,
+    rtol: float = DEFAULT_RTOL,
+    max_stride: int = DEFAULT_MAX_STRIDE,
 ) -> FunctionSpaceSolution:
     """Integrates the kernel flow on the grid ``s_t = t·η`` and sums residuals per horizon.
 
@@ -301,7 +339,8 @@ def solve_function_space(
         eta: grid step η; may be traced.
         horizons: static tuple of integer horizons T (grid steps); order is kept.
         num_samples: Ñ, the number of unmasked rows; may be traced.
-        solver: a key of `TABLEAUX`.
+        solver: ``"adaptive"`` (error-controlled RK4, `solve_adaptive`; uses only `rtol` and
+            `max_stride` of the options below) or a key of `TABLEAUX` (fixed steps).
         substeps: static number of equal solver steps per grid interval.
         warmup_steps: the first grid intervals take ``max(warmup_substeps, substeps)`` steps
             each, resolving the stiff initial transient (the largest error source). None: 0 for
@@ -315,12 +354,28 @@ def solve_function_space(
         stride_from: grid step where strided steps begin (at least the warm-up's end); before it
             steps are one grid interval. The flow is stiffest early, before the softmax saturates,
             so this buys stability for longer strides (see ``experiments/solver_stride.py``).
+            Whether a strided step stayed accurate is checked by its local error estimate
+            (free: it uses the step's stages and end slope); ``flagged`` reports a step whose
+            estimate exceeded `FLAG_TOLERANCE`, which is what leaving the stability region does.
+        rtol, max_stride: tolerance and longest step (grid intervals) of ``"adaptive"``.
 
     Returns:
         A `FunctionSpaceSolution`.
     """
-    tableau = get_tableau(solver)
     horizons = check_horizons(horizons)
+    if solver == ADAPTIVE:
+        fixed = {"substeps": substeps, "warmup_steps": warmup_steps, "stride": stride}
+        if (substeps, warmup_steps, stride) != (1, None, 1):
+            raise ValueError(
+                f"solver='adaptive' chooses its own steps; {fixed} are options of the fixed-step "
+                "solvers (e.g. solver='rk4')."
+            )
+        sums, logits, final, stats = solve_adaptive(
+            kernel, f0, residual, eta=eta, horizons=horizons, num_samples=num_samples,
+            rtol=rtol, max_stride=max_stride,
+        )  # fmt: skip
+        return FunctionSpaceSolution(sums, logits, final, stats.products, jnp.asarray(False))
+    tableau = get_tableau(solver)
     ph = _phases(horizons, solver, substeps, warmup_steps, warmup_substeps, stride, stride_from)
     dtype = f0.dtype
     scale = -1.0 / jnp.asarray(num_samples, dtype)
@@ -349,13 +404,20 @@ def solve_function_space(
     }
     carry = _scan_grid(carry, 0, ph.warm, ph.warm_substeps, **common)
     carry = _scan_grid(carry, ph.warm, ph.start - ph.warm, ph.substeps, **common)
+    worst = jnp.zeros((), dtype)
     if ph.blocks:
         strided = {k: v for k, v in common.items() if k != "kernel_product"}
-        carry = _scan_strided(carry, ph.start, ph.blocks, ph.stride, **strided)
+        carry, worst = _scan_strided(carry, ph.start, ph.blocks, ph.stride, **strided)
     carry = _scan_grid(carry, ph.end, ph.total - ph.end, ph.substeps, **common)
     g, _, sums, snaps = carry
+    products = count_products(
+        horizons, solver, substeps=substeps, warmup_steps=warmup_steps,
+        warmup_substeps=warmup_substeps, stride=stride, stride_from=stride_from,
+    )  # fmt: skip
     return FunctionSpaceSolution(
         residual_sums=jnp.swapaxes(sums, 1, 2),
         logits=jnp.swapaxes(snaps, 1, 2),
         final_logits=g.T,
+        products=jnp.asarray(products, jnp.int32),
+        flagged=~(worst <= FLAG_TOLERANCE),
     )

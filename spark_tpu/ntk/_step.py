@@ -14,7 +14,7 @@ from ._closed_form import closed_form_from_residual
 from ._kernel import trace_kernel
 from ._objective import Objective
 from ._solver import (
-    DEFAULT_STRIDE_FROM,
+    ADAPTIVE,
     FunctionSpaceSolution,
     check_horizons,
     solve_function_space,
@@ -31,6 +31,9 @@ class StepInfo(NamedTuple):
         losses: ``[H]`` objective of the real network at ``w + Δw_τ``, per horizon.
         linearized_losses: ``[H]`` objective of the linearized predictions ``f(s_τ)``.
         initial_loss: objective at the linearization point.
+        solver_products: kernel products the function-space solve took.
+        solver_flagged: a fixed-step solve left its accuracy (stability) region, see
+            `FunctionSpaceSolution.flagged`.
     """
 
     tau_index: Int[Array, ""]
@@ -38,6 +41,8 @@ class StepInfo(NamedTuple):
     losses: Float[Array, " horizons"]
     linearized_losses: Float[Array, " horizons"]
     initial_loss: Scalar
+    solver_products: Int[Array, ""]
+    solver_flagged: Bool[Array, ""]
 
 
 def weight_steps(
@@ -91,14 +96,10 @@ def ntk_evolution_step(
     *,
     eta: ArrayLike,
     horizons: Sequence[int],
-    solver: str = "rk4",
-    substeps: int = 1,
-    warmup_steps: int | None = None,
-    warmup_substeps: int = 4,
-    stride: int = 1,
-    stride_from: int = DEFAULT_STRIDE_FROM,
+    solver: str = ADAPTIVE,
     kernel_fn: Callable[..., Array] = trace_kernel,
     linearize_fn: Callable[..., tuple[Array, Callable[[Array], PyTree]]] | None = None,
+    **solver_options,
 ) -> tuple[eqx.Module, StepInfo]:
     """One NTK evolution step linearized at `model` on one pooled dataset (SPEC 3).
 
@@ -113,14 +114,15 @@ def ntk_evolution_step(
         mask: optional ``[N]`` booleans marking real rows; Ñ = their count.
         eta: step size η (may be traced).
         horizons: static tuple of integer horizons T.
-        solver: a key of `spark_tpu.ntk.TABLEAUX` or ``"mse_closed_form"`` (MSE objectives only).
-        substeps, warmup_steps, warmup_substeps, stride, stride_from: static solver options, see
-            `solve_function_space` (ignored by ``"mse_closed_form"``).
+        solver: ``"adaptive"`` (default: error-controlled), a key of `spark_tpu.ntk.TABLEAUX`
+            (fixed steps) or ``"mse_closed_form"`` (MSE objectives only).
         kernel_fn: ``(model, x, mask) -> [N, N]``; `trace_kernel` by default.
         linearize_fn: optional ``(model, x, mask) -> (K, jtr)`` replacing both `kernel_fn` and the
             exact VJP: ``jtr(r [N, C])`` returns an estimate of ``Jᵀ r`` shaped like the model's
             array params, e.g. the back-projection ``P (JP)ᵀ r`` of SPEC 6 (projected Jacobians
             computed once for the kernel and the weight step).
+        **solver_options: static options of `solve_function_space` (``stride``, ``substeps``,
+            ``rtol``, ...; ignored by ``"mse_closed_form"``).
 
     Returns:
         ``(w + Δw_τ*, StepInfo)``.
@@ -137,10 +139,8 @@ def ntk_evolution_step(
         kernel = kernel.astype(f0.dtype)
         vjp_fn = lambda r: (jtr(r),)  # noqa: E731
     solution = _solve(
-        kernel, f0, objective, n, eta=eta, horizons=horizons, solver=solver, substeps=substeps,
-        warmup_steps=warmup_steps, warmup_substeps=warmup_substeps, stride=stride,
-        stride_from=stride_from,
-    )  # fmt: skip
+        kernel, f0, objective, n, eta=eta, horizons=horizons, solver=solver, **solver_options
+    )
     deltas = weight_steps(vjp_fn, solution.residual_sums, eta=eta, num_samples=n)
     index, losses = select_horizon(params, apply, x, deltas, objective)
     chosen = jax.tree.map(lambda d: d[index], deltas)
@@ -150,5 +150,7 @@ def ntk_evolution_step(
         losses=losses,
         linearized_losses=jax.vmap(objective.loss)(solution.logits),
         initial_loss=objective.loss(f0),
+        solver_products=jnp.asarray(solution.products, jnp.int32),
+        solver_flagged=jnp.asarray(solution.flagged, bool),
     )
     return eqx.apply_updates(model, chosen), info

@@ -15,7 +15,8 @@ ALIASES = {"dpsgd": "dgd", "d-psgd": "dgd"}
 PARTITIONS = ("dirichlet", "dirichlet_disjoint", "iid", "shards")
 MODELS = ("mlp", "cnn", "ntk_mlp")
 LOSSES = ("ce", "mse")
-SOLVERS = ("rk4", "bosh3", "dopri5", "midpoint", "euler", "rkc4", "rkc6")  # keys of spark_tpu.ntk.TABLEAUX
+# "adaptive" (error-controlled RK4) or a fixed-step key of spark_tpu.ntk.TABLEAUX
+SOLVERS = ("adaptive", "rk4", "bosh3", "dopri5", "midpoint", "euler", "rkc4", "rkc6")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +51,8 @@ class Config:
     momentum: float | None = None
     participation: float = 0.07
     horizons: tuple[int, ...] = (100, 200, 400, 600, 800)
-    solver: str = "rk4"
-    solver_stride: int = 4  # grid intervals per solver step after step 32 (experiments/solver_stride.py)
+    solver: str = "adaptive"
+    solver_stride: int = 1  # fixed-step solvers: grid intervals per step after step 32
     client_batch: int = 0  # NTK: 0 = by platform (map on CPU, vmap on GPU/TPU); k = batches of k
     degree_buckets: bool = True  # NTK-DFL/SPARK: two pooled widths on uneven-degree graphs
     loss: str = "ce"
@@ -78,6 +79,13 @@ class Config:
         _positive("--rounds", self.rounds)
         _positive("--solver_stride", self.solver_stride)
         _choice("--solver", self.solver, SOLVERS)
+        if self.solver_stride != 1 and self.solver in ("adaptive", "euler"):
+            raise ValueError(
+                f"--solver_stride={self.solver_stride} with --solver={self.solver}: "
+                + ("the adaptive solver chooses its own steps" if self.solver == "adaptive" else
+                   "euler is discrete gradient descent, one step per grid interval")
+                + "; drop --solver_stride, or pick a fixed-step solver such as --solver=rk4."
+            )
         _positive("--devices", self.devices)
         _positive("--eval_every", self.eval_every)
         _positive("--local_eval_samples", self.local_eval_samples)

@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from spark_tpu import gossip
+from spark_tpu import gossip, ntk
 
 from . import _build, _engine, _outputs
 from ._config import Config
@@ -154,6 +154,26 @@ def _check_finite(metrics, start: int, clients: int, workdir: str):
         raise DivergenceError(DIVERGED.format(round=start + i + 1, client=client, workdir=workdir))
 
 
+SOLVER_FLAGGED = (
+    "Round %d: the fixed-step solver (--solver=%s --solver_stride=%d) left its accuracy region "
+    "for %d of %d clients (a step's local error estimate above %g: what a step outside the "
+    "stability region looks like), so their weight steps are unreliable. Use --solver=adaptive "
+    "(the default) or a smaller --solver_stride."
+)
+
+
+def _warn_solver(metrics, start: int, cfg: Config) -> None:
+    """Logs a warning for every round in which a fixed-step solve was flagged on some client."""
+    if "solver_flagged" not in metrics:
+        return
+    flagged = metrics["solver_flagged"][:, : cfg.clients] & metrics["active"][:, : cfg.clients]
+    for i in np.flatnonzero(flagged.any(axis=1)):
+        logging.warning(
+            SOLVER_FLAGGED, start + i + 1, cfg.solver, cfg.solver_stride,
+            int(flagged[i].sum()), cfg.clients, ntk.FLAG_TOLERANCE,
+        )  # fmt: skip
+
+
 def run(cfg: Config, workdir: str, *, progress: bool = True, hooks=None) -> dict:
     """Runs ``cfg`` and writes metrics.csv, summary.json and plots to ``workdir``.
 
@@ -186,6 +206,7 @@ def run(cfg: Config, workdir: str, *, progress: bool = True, hooks=None) -> dict
         metrics = sim.advance(length)
         seconds = time.perf_counter() - t
         _check_finite(metrics, done, cfg.clients, workdir)
+        _warn_solver(metrics, done, cfg)
         if "tau" in metrics:
             taus.update(
                 metrics["tau"][:, : cfg.clients][metrics["active"][:, : cfg.clients]].tolist()
