@@ -128,7 +128,8 @@ def test_mse_closed_form_step_and_materialized_kernel_option():
     )(model)
     ode, info_ode = jax.jit(
         lambda m: ntk_evolution_step(
-            m, x, objective, mask, substeps=16, kernel_fn=trace_kernel_materialized, **kwargs
+            m, x, objective, mask, solver="rk4", substeps=16, kernel_fn=trace_kernel_materialized,
+            **kwargs,
         )
     )(model)
     np.testing.assert_allclose(info.losses, info_ode.losses, rtol=1e-6)
