@@ -82,11 +82,14 @@ def solver_products(horizons, solver: str = "rk4", stride: int = 1) -> int:
 
 def round_flops(
     n: int, widths: list[int], horizons, clients: int, solver: str = "rk4", teacher: bool = False,
-    stride: int = 1,
+    stride: int = 1, products: float | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """FLOPs of one NTK-DFL (or SPARK, ``teacher=True``) round over ``clients`` client slots."""
+    """FLOPs of one NTK-DFL (or SPARK, ``teacher=True``) round over ``clients`` client slots;
+    ``products``: kernel products per client as measured (the adaptive solver's are data-dependent),
+    else counted from the fixed-step solver's options."""
     classes, p, h = widths[-1], num_params(widths), len(horizons)
-    products = solver_products(horizons, solver, stride)
+    if products is None:
+        products = solver_products(horizons, solver, stride)
     per_client = {
         "kernel": kernel_flops(n, widths),
         "solver": products * 2.0 * n * n * classes,

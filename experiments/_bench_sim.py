@@ -64,7 +64,20 @@ def advance(sim, length: int) -> tuple[float, bool]:
     t = time.perf_counter()
     metrics = sim.advance(length)
     seconds = time.perf_counter() - t
+    if "solver_products" in metrics:  # kernel products per client, as the solver counted them
+        counts = getattr(sim, "bench_products", [])
+        counts.append(np.asarray(metrics["solver_products"][:, : sim.cfg.clients]))
+        sim.bench_products = counts
     return seconds, bool(np.all(metrics["finite"][:, : sim.cfg.clients]))
+
+
+def products(sim) -> dict:
+    """Mean and max kernel products per client over the rounds advanced so far (NTK methods)."""
+    counts = getattr(sim, "bench_products", None)
+    if not counts:
+        return {}
+    flat = np.concatenate([c.ravel() for c in counts])
+    return {"solver_products_mean": float(flat.mean()), "solver_products_max": int(flat.max())}
 
 
 def describe(sim) -> dict:
@@ -90,6 +103,7 @@ def _timing_row(sim, label, times, first, compile_s, setup_s, fn) -> dict:
     spr = statistics.median(times)
     return {
         **describe(sim),
+        **products(sim),
         "label": label,
         "setup_s": setup_s,
         "compile_s": compile_s,
@@ -115,6 +129,7 @@ def _add_flops(row: dict, sim, matmul: bool) -> None:
         sim.cfg.solver,
         teacher=sim.cfg.algorithm == "spark",
         stride=sim.cfg.solver_stride,
+        products=row.get("solver_products_mean"),
     )
     row.update(fl, achieved_gflops=fl["total_gflop"] / row["seconds_per_round"])
     if matmul:
