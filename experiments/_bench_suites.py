@@ -1,7 +1,7 @@
 """What each benchmark of experiments/bench.py measures: its tasks, full and ``--small``, and the
 ratios and fits computed from their rows.
 
-Full settings follow SPEC 5 (Fashion-MNIST, Dirichlet α = 0.1, 200 samples per client, MLP
+Full settings follow docs/ntk_dfl.md §4 (Fashion-MNIST, Dirichlet α = 0.1, 200 samples per client, MLP
 784-100-10, a fresh random d-regular graph per round, reference hyperparameters) unless a row says
 otherwise. ``--small`` runs scikit-learn digits (MLP 64-100-10, 20 samples per client) on a few
 clients so that every benchmark takes seconds.

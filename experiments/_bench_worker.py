@@ -68,7 +68,7 @@ def main(argv: list[str]) -> None:
 
     from spark_tpu import platform
 
-    # An entry point may set global JAX config (STYLE rule 14).
+    # An entry point may set global JAX config (docs/style.md §14).
     platform.emulate_cpu_devices(max(int(t.get("devices", 1)) for t in tasks))
     if "--fast_compile" in argv[2:]:  # --small: compile time dominates, optimized code is moot
         jax.config.update("jax_disable_most_optimizations", True)

@@ -1,5 +1,5 @@
 """Shared machinery of the experiment scripts: run named configs through the one simulator loop,
-collect their curves, save JSON and plot. Experiments never fork the trainer (STYLE rule 12)."""
+collect their curves, save JSON and plot. Experiments never fork the trainer (docs/style.md §12)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Timing of the learning-dynamics prediction (SPEC 8) at the seed's size, width 256 and 4096.
+"""Timing of the learning-dynamics prediction (docs/dynamics.md) at the seed's size, width 256 and 4096.
 
 Command (from the repo root):
 
@@ -112,5 +112,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    jax.config.update("jax_enable_x64", True)  # an entry point may set global config (STYLE 14)
+    jax.config.update("jax_enable_x64", True)  # an entry point may set global config (docs/style.md §14)
     app.run(main)

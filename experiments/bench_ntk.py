@@ -1,4 +1,4 @@
-"""Micro-benchmark of the NTK engine (SPEC 3): kernel, solver, and the whole step per client.
+"""Micro-benchmark of the NTK engine (docs/ntk_step.md): kernel, solver, and the whole step per client.
 
 Command (from the repo root):
 

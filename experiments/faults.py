@@ -19,7 +19,7 @@ no number is claimed here. In --small (digits, τ ∈ {4, 8}, 4 rounds) the fina
 accuracy is 0.26 / 0.25 / 0.25 / 0.23 for NTK-DFL, 0.34 / 0.34 / 0.32 / 0.31 for SPARK and
 0.59 / 0.58 / 0.59 / 0.57 for DFedAvg (no faults / 10% / 30% link failure / 10% dropout).
 
-Faults (SPEC 2): a failed link carries nothing that round; a dropped client neither sends nor
+Faults (docs/topologies.md §4): a failed link carries nothing that round; a dropped client neither sends nor
 updates and its neighbours re-normalize their mixing weights over the live links; bytes are
 counted for live links only. Writes results/NAME.json (curves, summaries, wall times) and
 results/NAME.png (aggregated and mean local accuracy against round, one panel per algorithm).
@@ -187,7 +187,7 @@ def main(argv):
     del argv
     from spark_tpu import platform
 
-    # An entry point may set global config (STYLE 14); before any device is touched.
+    # An entry point may set global config (docs/style.md §14); before any device is touched.
     platform.emulate_cpu_devices(FLAGS.devices)
     name = FLAGS.name + ("_small" if FLAGS.small else "")
     t = time.perf_counter()

@@ -1,4 +1,4 @@
-"""NTK-FL against FedAvg (SPEC 4, seed 001): Fashion-MNIST, per-client Dirichlet label skew, the
+"""NTK-FL against FedAvg (docs/ntk_fl.md; arXiv 2110.03681): Fashion-MNIST, per-client Dirichlet label skew, the
 server sampling 7% of the clients every round, MLP 784-100-10.
 
     # the reduced CPU setting, results/ntk_fl.{json,png,md} (8 emulated devices on 2 busy cores:
@@ -12,7 +12,7 @@ server sampling 7% of the clients every round, MLP 784-100-10.
     python -m experiments.ntk_fl --cost --clients=100 --samples=200 --cost_rounds=2
 
 NTK-FL: constant η = 0.01, horizons {100, 200, …, 1000, 1500, 2000} (the simulator's defaults
-for ntk_fl). FedAvg: lr 0.1, batch 25, 20 local epochs (SPEC 7 reference), the same participation
+for ntk_fl). FedAvg: lr 0.1, batch 25, 20 local epochs (docs/baselines.md §7 reference), the same participation
 and the same sampled clients every round (both draw from the round key the same way).
 """
 

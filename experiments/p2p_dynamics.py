@@ -252,5 +252,5 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    jax.config.update("jax_enable_x64", True)  # an entry point may set global config (STYLE 14)
+    jax.config.update("jax_enable_x64", True)  # an entry point may set global config (docs/style.md §14)
     app.run(main)

@@ -1,5 +1,5 @@
 """The paper-scale comparison (issues 4 and 5): NTK-DFL, SPARK and the gradient baselines on the
-reference setting of SPEC 5 — Fashion-MNIST, 300 clients of 200 samples, per-client Dirichlet α,
+reference setting of docs/ntk_dfl.md §4 — Fashion-MNIST, 300 clients of 200 samples, per-client Dirichlet α,
 MLP 784-100-10, a fresh random 5-regular graph every round, horizons {100, 200, 400, 600, 800}.
 
     python -m experiments.paper --alphas=0.1 --seeds=0            # the headline (H100: ~9 min)
@@ -7,7 +7,7 @@ MLP 784-100-10, a fresh random 5-regular graph every round, horizons {100, 200, 
 
 Writes results/paper_<alpha>_s<seed>.json (curves and summaries), .png and .md (table).
 NTK-family runs evaluate every round; gradient baselines every ``--grad_eval_every`` rounds.
-Reference hyperparameters (SPEC 5): DFedAvg lr 0.1, batch 25, 20 local epochs; DFedAvgM lr 0.01,
+Reference hyperparameters (docs/baselines.md §7): DFedAvg lr 0.1, batch 25, 20 local epochs; DFedAvgM lr 0.01,
 batch 50, momentum 0.9, 20 local epochs; D-PSGD lr 0.1, batch 10, one step per round; NTK-DFL
 η0 = 0.01 decaying by exp(−0.07 k).
 """

@@ -1,4 +1,4 @@
-"""Does the size of the pre-drawn graph pool change results? (issue 2; DESIGN layer 1)
+"""Does the size of the pre-drawn graph pool change results? (issue 2; docs/topologies.md §3)
 
 A time-varying topology draws ``--graph_pool`` random graphs at start-up and picks one per round
 with the round's key, so shapes stay static inside the compiled program. If the pool were too

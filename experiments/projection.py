@@ -1,4 +1,4 @@
-"""SPARK + random projection of Jacobians (SPEC 6, last bullet; issue 5 item 4).
+"""SPARK + random projection of Jacobians (docs/spark.md §5; issue 5 item 4).
 
     python -m experiments.projection            # the grid, ~15–20 min on the 2-core CPU
     python -m experiments.projection --small    # a smoke version (seconds to a minute)
@@ -8,7 +8,7 @@ The grid runs NTK-DFL, SPARK (default stages, no projection) and SPARK with ``--
 projection={gaussian,kronecker}``, ``projection_dim ∈ --ks`` and ``weight_step ∈ --modes`` on a
 reduced CPU setting (Fashion-MNIST, per-client Dirichlet α, fresh random 5-regular graph every
 round), and writes results/projection.{json,png,md}: accuracy per round and against bytes, and per
-run the per-round payload per client and its reduction relative to NTK-DFL (SPEC 10 bytes).
+run the per-round payload per client and its reduction relative to NTK-DFL (docs/metrics.md §5 bytes).
 
 ``--bench`` measures, on the 784-100-10 MLP at its initialization with --bench_n pooled
 Fashion-MNIST samples, per kind and k: the time to draw the matrices and the time of drawing them,
@@ -130,7 +130,7 @@ def grid() -> None:
     text = (
         f"Fashion-MNIST, {cfg['clients']} clients × {cfg['samples_per_client']} samples, "
         f"Dirichlet α = {cfg['alpha']}, fresh random {cfg['degree']}-regular graph per round, "
-        f"{cfg['rounds']} rounds, MLP 784-100-10, SPARK default stages. Payload: SPEC 10 bytes "
+        f"{cfg['rounds']} rounds, MLP 784-100-10, SPARK default stages. Payload: docs/metrics.md §5 bytes "
         "sent per client per round (mean over clients and rounds).\n\n"
         + payload_table(results) + "\n\n" + _grid.table(results, FLAGS.target)
     )

@@ -2,7 +2,7 @@
 
 At the paper setting on a fixed ring, NTK-DFL + momentum (μ = 0.9) collapses in every seed and
 SPARK's annealed regularizer does not prevent it (README, "Robustness to the topology"). This
-compares the knobs SPEC 6 leaves open, on the reduced ring of that section (Fashion-MNIST, 60
+compares the knobs the SPARK abstract leaves open (docs/spark.md §1), on the reduced ring of that section (Fashion-MNIST, 60
 clients × 100 samples, per-client Dirichlet α = 0.1, fixed ring, 20 rounds, target 80%):
 
     python -m experiments.ring_stability            # ~15 min on the 2-core CPU

@@ -1,4 +1,4 @@
-"""Accuracy and cost of the function-space solver against its step stride (SPEC 3.3–3.4).
+"""Accuracy and cost of the function-space solver against its step stride (docs/ntk_step.md §8).
 
 Command (from the repo root):
 

@@ -1,4 +1,4 @@
-"""Independent float64 NumPy references for the NTK algorithms' tests, written from SPEC section 3:
+"""Independent float64 NumPy references for the NTK algorithms' tests, written from docs/ntk_step.md:
 an explicit Jacobian of the 2-layer ReLU MLP, the kernel flow integrated by scipy's DOP853 at the
 grid points, and the horizon chosen by the real network's cross-entropy."""
 
@@ -60,7 +60,7 @@ def flat_params(layers, clients=None):
 
 
 def ntk_step(theta, shapes, x, y, eta, horizons):
-    """SPEC 3 with explicit J and an accurate ODE solution at the grid points: (θ + Δθ_τ*, τ*)."""
+    """docs/ntk_step.md with explicit J and an accurate ODE solution at the grid points: (θ + Δθ_τ*, τ*)."""
     params = unflat(theta, shapes)
     f0, _ = forward(*params, x)
     jac = jacobian(*params, x)

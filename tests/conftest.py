@@ -1,4 +1,4 @@
-"""Test-wide JAX configuration (STYLE.md rule 14): 8 emulated CPU devices, float64 available,
+"""Test-wide JAX configuration (docs/style.md §14): 8 emulated CPU devices, float64 available,
 strict dtype promotion and rank promotion errors. Library code always names its dtypes."""
 
 import jax

@@ -1,4 +1,4 @@
-"""Real Fashion-MNIST, prepared offline from Debian's dataset-fashion-mnist (SPEC sections 5, 9).
+"""Real Fashion-MNIST, prepared offline from Debian's dataset-fashion-mnist (docs/data.md §1–2).
 
 Skipped where the package is not installed; CI installs it.
 """

@@ -1,4 +1,4 @@
-"""read_idx against IDX bytes written here by hand (SPEC section 9)."""
+"""read_idx against IDX bytes written here by hand (docs/data.md §1)."""
 
 import gzip
 import re

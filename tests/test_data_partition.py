@@ -1,4 +1,4 @@
-"""Partitioner invariants, checked from the partition alone (SPEC section 9)."""
+"""Partitioner invariants, checked from the partition alone (docs/data.md §3)."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Preparing a tfds array_record cache from IDX files and loading it back (SPEC section 9).
+"""Preparing a tfds array_record cache from IDX files and loading it back (docs/data.md §1).
 
 The IDX files are written here from the format description; the cache is read back through
 `tfds.data_source` by `load_dataset`, so these tests cover the whole offline path.
@@ -58,7 +58,7 @@ def test_prepare_then_load_round_trip(tmp_path, idx_dir, compress):
     written = make_idx_dir(idx_dir, compress=compress)
     ds = load_dataset("fashion_mnist", data_dir=tmp_path / "cache", idx_dir=idx_dir)
     assert (ds.num_classes, ds.input_shape, ds.scale) == (10, (28, 28, 1), 255.0)
-    assert (ds.mean, ds.std) == ((0.2860,), (0.3530,))  # SPEC section 5, not the toy data's
+    assert (ds.mean, ds.std) == ((0.2860,), (0.3530,))  # docs/data.md §2, not the toy data's
     for x, y, (images, labels) in (
         (ds.train_x, ds.train_y, written["train"]),
         (ds.test_x, ds.test_y, written["test"]),

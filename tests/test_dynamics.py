@@ -1,4 +1,4 @@
-"""Learning-dynamics predictions (SPEC 8) against independent truth.
+"""Learning-dynamics predictions (docs/dynamics.md) against independent truth.
 
 - the explicit Q·P weight-space systems of seed eqs. 7a–c and 12a–c, built with Kronecker products
   and solved with scipy.linalg.expm (the reduction to Q·r coordinates must reproduce them);

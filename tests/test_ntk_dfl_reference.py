@@ -1,5 +1,5 @@
 """Two NTK-DFL rounds through the simulator against an independent float64 NumPy computation
-written from SPEC sections 3 and 5: explicit Jacobians, explicit ODE integration (scipy DOP853),
+written from docs/ntk_step.md and docs/ntk_dfl.md: explicit Jacobians, explicit ODE integration (scipy DOP853),
 explicit uniform averaging over a ring, and over a star, whose uneven degrees make the simulator
 evolve the leaves on a shorter pooled width than the hub (`topology.degree_buckets`)."""
 

@@ -1,4 +1,4 @@
-"""NTK-FL (SPEC 4) through the simulator: two rounds against an independent float64 NumPy
+"""NTK-FL (docs/ntk_fl.md) through the simulator: two rounds against an independent float64 NumPy
 computation (explicit Jacobian of the pooled sampled clients' data at the global model, scipy
 DOP853 at the grid points, horizon by the real network's cross-entropy); the sampled set on 1 and 4
 devices; one global model on every client; bytes as documented in `algorithms/_ntk_fl.py`."""

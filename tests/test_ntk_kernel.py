@@ -1,4 +1,4 @@
-"""Structured trace kernel and Jᵀr against the materialized Jacobian (SPEC 3.2, 3.4)."""
+"""Structured trace kernel and Jᵀr against the materialized Jacobian (docs/ntk_step.md §2, §4)."""
 
 import equinox as eqx
 import jax

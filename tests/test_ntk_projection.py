@@ -1,4 +1,4 @@
-"""Random projections of Jacobians against explicit projection matrices (SPEC 6, last bullet)."""
+"""Random projections of Jacobians against explicit projection matrices (docs/spark.md §5)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Function-space solver, objectives and the MSE closed form against independent truth (SPEC 3.3)."""
+"""Function-space solver, objectives and the MSE closed form against independent truth (docs/ntk_step.md §3)."""
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ def _softmax(f):
 
 @pytest.fixture(scope="module")
 def digits_problem():
-    """A digits MLP kernel scaled to the paper's stiffness η·λ_max(K)/Ñ = 3.6 (SPEC 3 notes)."""
+    """A digits MLP kernel scaled to the paper's stiffness η·λ_max(K)/Ñ = 3.6 (docs/ntk_step.md §8)."""
     n, c = 60, 10
     x, labels = load_digits(return_X_y=True)
     idx = np.random.default_rng(0).choice(len(x), n, replace=False)
@@ -183,7 +183,7 @@ def test_objective_residuals_are_scaled_loss_gradients():
 
     residual, grad, loss = traced(jnp.asarray(0.3), jnp.asarray(2.5))
     np.testing.assert_allclose(residual, grad, rtol=1e-10, atol=1e-13)
-    # Against the formula of SPEC 6, written out in numpy.
+    # Against the formula of docs/spark.md §3, written out in numpy.
     fn, yn, gn, m = (np.asarray(a) for a in (f, y, teacher, mask))
     ce = -(yn * np.log(_softmax(fn))).sum(-1)
     pt, ps = _softmax(gn / 2.5), _softmax(fn / 2.5)

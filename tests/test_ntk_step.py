@@ -1,4 +1,4 @@
-"""The whole NTK evolution step against brute force (SPEC 3.4–3.5)."""
+"""The whole NTK evolution step against brute force (docs/ntk_step.md §4–5)."""
 
 import equinox as eqx
 import jax

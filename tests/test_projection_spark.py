@@ -1,4 +1,4 @@
-"""SPARK with random projection of Jacobians (SPEC 6, last bullet; SPEC 10 for the bytes).
+"""SPARK with random projection of Jacobians (docs/spark.md §5; bytes: docs/spark.md §8).
 
 Off: SPARK is unchanged. At full width (k ≥ every layer's size, so every projection is the identity)
 the projected kernel is the exact one and a round equals the unprojected round to float32 round-off,
@@ -65,7 +65,7 @@ def test_full_width_projection_is_the_unprojected_round(plain, kind, weight_step
 
 
 def _hand_sizes(kind, k):
-    """Σ_l k_l for the digits MLP, worked out by hand from the SPEC 6 rule."""
+    """Σ_l k_l for the digits MLP, worked out by hand from the docs/spark.md §5 rule."""
     if kind == "gaussian":  # min(k, rows·cols) per layer
         return {200: 200 + 200, 2000: 2000 + 1010}[k]
     # k_r = min(rows, round(√k)), k_c = min(cols, ⌈k / k_r⌉)

@@ -1,4 +1,4 @@
-"""Federated algorithms as (init, round) pairs of pure functions (DESIGN layer 6)."""
+"""Federated algorithms as (init, round) pairs of pure functions (docs/architecture.md §2, layer 6)."""
 
 from ._base import Algorithm as Algorithm
 from ._base import ClientData as ClientData

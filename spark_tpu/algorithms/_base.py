@@ -1,4 +1,4 @@
-"""The algorithm interface (STYLE rule 3): two pure functions over a stacked client state.
+"""The algorithm interface (docs/style.md §3): two pure functions over a stacked client state.
 
 ``init(params) -> state`` takes every client's parameters stacked along a leading client axis (all
 clients start from one shared model) and returns the algorithm's state, every leaf of which has that

@@ -1,4 +1,4 @@
-"""Gradient baselines over a graph (SPEC 7): consensus DGD/D-PSGD, ATC and CTA diffusion, and
+"""Gradient baselines over a graph (docs/baselines.md §2–4): consensus DGD/D-PSGD, ATC and CTA diffusion, and
 DFedAvg/DFedAvgM (local SGD epochs, then averaging). All are ``adapt`` and ``combine`` composed
 in one of two orders."""
 

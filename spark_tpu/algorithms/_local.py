@@ -1,4 +1,4 @@
-"""Local training on one client's data: minibatch gradients and local SGD epochs (SPEC 7)."""
+"""Local training on one client's data: minibatch gradients and local SGD epochs (docs/baselines.md §1)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""NTK-DFL (SPEC 5): average, pool the neighbourhood's data, evolve in function space.
+"""NTK-DFL (docs/ntk_dfl.md §1): average, pool the neighbourhood's data, evolve in function space.
 
 One round for client q: w̄_q = Σ_j W_qj w_j; every neighbour j returns its Jacobian at w̄_q on its
-data with labels and logits; q runs the NTK evolution step (SPEC 3) from w̄_q on the pooled data
+data with labels and logits; q runs the NTK evolution step (docs/ntk_step.md) from w̄_q on the pooled data
 S_q. Inside the simulator q receives its neighbours' inputs and labels instead of Jacobians (the
 result is identical: the kernel and the VJP are computed at w̄_q either way); bytes are counted for
 the protocol (weights both ways, Jacobians, labels, logits).
@@ -61,12 +61,12 @@ def ntk_dfl_bytes(
     ctx: RoundContext, params_one, num_classes: int, models_per_edge: int = 2,
     jacobian_floats: int | None = None,
 ):
-    """Protocol bytes each client sends (SPEC 5, 10): to every live neighbour its model (and the
+    """Protocol bytes each client sends (docs/ntk_dfl.md §7): to every live neighbour its model (and the
     averaged model w̄), plus, for every neighbour it serves, the Jacobian of its own data at that
     neighbour's w̄ (n·C·P floats), its labels (n) and its logits (n·C).
 
     ``jacobian_floats`` replaces P as the floats per sample and class of what is sent in place of
-    the Jacobian (Σ_l k_l for the random projection of SPEC 6)."""
+    the Jacobian (Σ_l k_l for the random projection of docs/spark.md §5)."""
     p = num_params(params_one)
     j = p if jacobian_floats is None else jacobian_floats
     n = jnp.sum(ctx.data.mask, axis=1).astype(jnp.float32)
@@ -123,11 +123,11 @@ def evolve_clients(
     model: Model, start, pooled: Pooled, objectives, *, eta, num_classes, horizons, solver,
     client_batch, step_options: dict | None = None, buckets: tuple[int, int] | None = None,
 ):
-    """The NTK evolution step (SPEC 3) for every local client from ``start`` on its pooled data.
+    """The NTK evolution step (docs/ntk_step.md) for every local client from ``start`` on its pooled data.
 
     ``objectives(y_onehot, mask, i) -> ntk.Objective`` builds client i's objective on the first
     ``len(y_onehot)`` pooled rows; ``step_options`` go to `ntk.ntk_evolution_step` (e.g. a
-    projected ``kernel_fn``, SPEC 6). ``buckets=(rows, b)`` (pooled data compacted, see
+    projected ``kernel_fn``, docs/spark.md §5). ``buckets=(rows, b)`` (pooled data compacted, see
     `topology.degree_buckets`): every client runs on its first ``rows`` pooled rows, then the
     ``b`` clients with the most valid rows run again on all of them and replace their results.
     Masked rows do not change the step, so this is the padded computation at a lower cost.
@@ -164,7 +164,7 @@ def ntk_dfl(
     horizons=(100, 200, 400, 600, 800), solver: str = "adaptive", loss: str = "ce",
     client_batch: int = 0, solver_stride: int = 1, buckets: tuple[int, int] | None = None,
 ) -> Algorithm:
-    """NTK-DFL (Thompson et al., ICML 2025; SPEC 5) with η_k = η0·exp(−decay·k).
+    """NTK-DFL (Thompson et al., ICML 2025; docs/ntk_dfl.md) with η_k = η0·exp(−decay·k).
 
     ``solver``: ``"adaptive"`` (error-controlled) or a fixed-step tableau, whose
     ``solver_stride`` is the grid intervals per step after the first 32 (see

@@ -1,4 +1,4 @@
-"""NTK-FL (SPEC 4; Yue et al., ICML 2022, seed 001): a server pools the sampled clients' Jacobians
+"""NTK-FL (docs/ntk_fl.md; Yue et al., ICML 2022, arXiv 2110.03681): a server pools the sampled clients' Jacobians
 and evolves the global model in function space.
 
 One round k:
@@ -7,7 +7,7 @@ One round k:
    draw on every device, from the round key (and the same draw FedAvg makes for the same seed).
 2. Each sampled client receives the global model w, computes its Jacobian ∂f(X_q; w)/∂w on all of
    its samples and uploads it with its labels and logits f(X_q; w).
-3. The server pools them (Ñ = Σ n_q rows), runs the NTK evolution step (SPEC 3) from w with a
+3. The server pools them (Ñ = Σ n_q rows), runs the NTK evolution step (docs/ntk_step.md) from w with a
    constant η (0.01 in the reference: no decay) and horizons T (`NTK_FL_HORIZONS` by default), and
    takes w + Δw_τ* as the new global model.
 
@@ -34,7 +34,7 @@ How the simulator runs it inside the sharded round (L client slots per device):
   measurement. Splitting the kernel's rows across devices would need a collective
   inside every solver stage (thousands per round) and was not pursued.
 
-Bytes (SPEC 10), per client row, both directions of its link with the server, as FedAvg counts
+Bytes (docs/ntk_fl.md §4), per client row, both directions of its link with the server, as FedAvg counts
 them: a sampled client receives w (P floats) and uploads its Jacobian (n·C·P floats), labels (n
 int32) and logits (n·C floats); unsampled clients send and receive nothing. The server sends the
 model only to the clients it samples (they need it for their Jacobians); the simulator copies the
@@ -58,7 +58,7 @@ from spark_tpu import gossip, ntk
 from ._base import BYTES_PER_FLOAT, BYTES_PER_LABEL, Algorithm, Model, RoundContext, num_params
 from ._server import sample_clients
 
-# The reference horizons of NTK-FL (SPEC 4).
+# The reference horizons of NTK-FL (docs/ntk_fl.md §2).
 NTK_FL_HORIZONS = (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1500, 2000)
 
 
@@ -122,8 +122,8 @@ def _gather_sampled(ctx: RoundContext, chosen, position, count: int):
 def _server_step(
     model: Model, w, pooled, *, num_classes, eta, horizons, solver, make_objective, stride
 ):
-    """SPEC 3 from w on the pooled data: (w + Δw_τ*, τ*, loss of w, (solver products, 1 if the
-    fixed-step solver was flagged else 0))."""
+    """The NTK step (docs/ntk_step.md) from w on the pooled data: (w + Δw_τ*, τ*, loss of w,
+    (solver products, 1 if the fixed-step solver was flagged else 0))."""
     x, y, mask = pooled
     objective = make_objective(jax.nn.one_hot(y, num_classes, dtype=x.dtype), mask)
     net = eqx.combine(w, model.static)
@@ -149,7 +149,7 @@ def _on_server_device(step, is_server, replicate: bool):
 
 
 def ntk_fl_bytes(ctx: RoundContext, chosen, params_one, num_classes: int):
-    """Protocol bytes on each client's link with the server (SPEC 10): a sampled client receives
+    """Protocol bytes on each client's link with the server (docs/ntk_fl.md §4): a sampled client receives
     w (P floats) and uploads its Jacobian (n·C·P floats), labels (n) and logits (n·C); others 0."""
     p = num_params(params_one)
     n = jnp.sum(ctx.data.mask, axis=1).astype(jnp.float32)
@@ -162,7 +162,7 @@ def ntk_fl(
     eta: float = 0.01, horizons=NTK_FL_HORIZONS, solver: str = "adaptive", loss: str = "ce",
     replicate_server: bool = False, solver_stride: int = 1,
 ) -> Algorithm:
-    """NTK-FL (SPEC 4) with a constant step η and the server step on one device.
+    """NTK-FL (docs/ntk_fl.md §1) with a constant step η and the server step on one device.
 
     Args:
         model: the network's static structure.

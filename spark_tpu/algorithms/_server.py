@@ -1,4 +1,4 @@
-"""Server-based references (SPEC 4, 7): FedAvg with partial participation, and centralized SGD on
+"""Server-based references (docs/baselines.md §5–6): FedAvg with partial participation, and centralized SGD on
 the pooled data of all clients."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""SPARK (seed 000; SPEC 6): NTK-DFL + Nesterov momentum + a stage-wise annealed soft-label
+"""SPARK (arXiv 2512.12737; docs/spark.md): NTK-DFL + Nesterov momentum + a stage-wise annealed soft-label
 regularizer on the neighbourhood's pooled data. Every choice the abstract leaves open is a named
 option; defaults are set by ``experiments/spark_ablation.py``.
 
-Random projection of Jacobians (SPEC 6, last bullet; off by default): ``--spark projection=
+Random projection of Jacobians (docs/spark.md §5; off by default): ``--spark projection=
 gaussian|kronecker`` with ``projection_dim=k`` per layer. Neighbours send ``J_l P_l`` (Ñ_j × C × k_l
 per layer, `ntk.layer_projections`) instead of J and the kernel is formed from them.
 ``weight_step=exact`` gets Jᵀr by a second exchange (q sends each neighbour its residual rows for
@@ -88,7 +88,7 @@ def _positive_int(key: str, value) -> int:
 
 
 def _projection_step(model: Model, start, ctx: RoundContext, opts: dict) -> dict:
-    """`ntk.ntk_evolution_step` options for the random projection of SPEC 6 ({} when off).
+    """`ntk.ntk_evolution_step` options for the random projection of docs/spark.md §5 ({} when off).
 
     The matrices are drawn once per round from the round's projection seed (the same on every
     client) and shared by every client's step.
@@ -131,7 +131,7 @@ def spark(
     """SPARK. Per round k, with (λ, T, μ) from the stage schedule at k:
 
     w̄_q = Σ_j W_qj w_j;  u_q = w̄_q + μ v_q (Nesterov; heavy-ball: u_q = w̄_q);
-    the NTK step (SPEC 3) from u_q on S_q with residual (1−λ)(softmax(f)−Y) + λT(softmax(f/T) −
+    the NTK step (docs/ntk_step.md) from u_q on S_q with residual (1−λ)(softmax(f)−Y) + λT(softmax(f/T) −
     softmax(g/T)), g the teacher's logits, τ* chosen on the same regularized loss;
     w_q = u_q + Δ_q (heavy-ball: + μ v_q);  v_q = w_q − w̄_q.
 
@@ -206,7 +206,7 @@ def _projected_bytes(ctx, one, num_classes, opts, model, pooled, num_horizons):
     """NTK-DFL's bytes with J·P (n·C·Σ_l k_l floats per neighbour served) in place of J; for
     ``weight_step=exact`` also the second exchange: q sends each live neighbour j its residual rows
     for every horizon (H·n_j·C floats) and returns, to each neighbour it serves, J_qᵀ r for every
-    horizon (H·P floats). SPEC 6 and 10."""
+    horizon (H·P floats). docs/spark.md §8."""
     net = eqx.combine(one, model.static)
     floats = sum(projection_sizes(net, k=opts["projection_dim"], kind=opts["projection"]))
     base = ntk_dfl_bytes(ctx, one, num_classes, jacobian_floats=floats)

@@ -1,4 +1,4 @@
-"""SPARK's stage schedule (SPEC 6): round boundaries with (λ, T, μ) per stage, annealed within a
+"""SPARK's stage schedule (docs/spark.md §4): round boundaries with (λ, T, μ) per stage, annealed within a
 stage where asked.
 
 Syntax (``--spark_stages``): stages separated by ``;``, each ``START: key=value, ...`` with keys

@@ -1,4 +1,4 @@
-"""Orbax checkpoint and resume of whole runs (DESIGN layer 9)."""
+"""Orbax checkpoint and resume of whole runs (docs/architecture.md §2, layer 9)."""
 
 from ._manager import FREE_FLAGS as FREE_FLAGS
 from ._manager import STATE_FLAGS as STATE_FLAGS

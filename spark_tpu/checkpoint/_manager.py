@@ -1,4 +1,4 @@
-"""Orbax checkpoints of whole runs, and ``--resume`` (STYLE rule 13, issue 7).
+"""Orbax checkpoints of whole runs, and ``--resume`` (docs/style.md §13, issue 7).
 
 A checkpoint at round k holds everything needed to continue bit-identically:
 

@@ -1,4 +1,4 @@
-"""Datasets, partitions and per-client arrays (SPEC section 9; DESIGN layer 2).
+"""Datasets, partitions and per-client arrays (docs/data.md; docs/architecture.md §2, layer 2).
 
 ``python -m spark_tpu.data.prepare --dataset=fashion_mnist --data_dir=DIR`` builds a dataset's
 array_record cache once; `load_dataset` reads it with `tfds.data_source` (no TensorFlow).

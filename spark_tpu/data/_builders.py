@@ -1,4 +1,4 @@
-"""tfds builders that write array_record datasets without TensorFlow (SPEC section 9).
+"""tfds builders that write array_record datasets without TensorFlow (docs/data.md §1).
 
 tfds' own builders encode images with TensorFlow (`tf.image.encode_png`) and the MNIST family also
 reads its files with `tf.io.gfile`. The subclasses here keep everything else of the original

@@ -1,4 +1,4 @@
-"""The in-memory dataset and its input normalization (SPEC sections 5 and 9).
+"""The in-memory dataset and its input normalization (docs/data.md §2).
 
 A `Dataset` is plain numpy: the whole train and test split, small enough for host memory on every
 dataset the simulator uses, placed on the device mesh once by the simulator.
@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 # Reference normalization constants (mean, std of x / 255 per channel). Fashion-MNIST and MNIST are
-# SPEC section 5; CIFAR-10 is what the NTK-DFL reference code hardcodes. Every other dataset gets
+# docs/data.md §2; CIFAR-10 is what the NTK-DFL reference code hardcodes. Every other dataset gets
 # the statistics of its own train split (`channel_stats`).
 REFERENCE_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
@@ -22,7 +22,7 @@ _STATS_CHUNK = 8192
 
 
 class Dataset(NamedTuple):
-    """One classification dataset, train and test, as numpy arrays (SPEC section 9).
+    """One classification dataset, train and test, as numpy arrays (docs/data.md §1).
 
     Attributes:
       name: the name it was loaded by (``"fashion_mnist"``, ``"emnist"``, ``"two_moons"``, ...).
@@ -54,7 +54,7 @@ class Dataset(NamedTuple):
 def normalize(x: np.ndarray, dataset: Dataset) -> np.ndarray:
     """Maps raw inputs to the model's input scale: ``(x / scale − mean) / std`` per channel.
 
-    SPEC section 5: Fashion-MNIST uses ``(x/255 − 0.2860)/0.3530`` and MNIST
+    docs/data.md §2: Fashion-MNIST uses ``(x/255 − 0.2860)/0.3530`` and MNIST
     ``(x/255 − 0.1307)/0.3081``, as the NTK-DFL reference does.
 
     Args:

@@ -1,4 +1,4 @@
-"""Dirichlet label-skew partitions (SPEC section 9; Hsu, Qi & Brown 2019, arXiv 1909.06335).
+"""Dirichlet label-skew partitions (docs/data.md §3; Hsu, Qi & Brown 2019, arXiv 1909.06335).
 
 Two readings of "Dirichlet non-IID" are in use and both are offered:
 

@@ -1,7 +1,7 @@
-"""Errors raised by the data layer (SPEC section 9).
+"""Errors raised by the data layer (docs/data.md §1).
 
 Every message names the dataset or file, what is wrong with it, and the command that fixes it, so
-a launcher can show it unchanged (STYLE.md rule 10).
+a launcher can show it unchanged (docs/style.md §10).
 """
 
 from __future__ import annotations

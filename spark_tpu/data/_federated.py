@@ -1,4 +1,4 @@
-"""Stacked per-client arrays, the simulator's view of the data (SPEC section 9; DESIGN layer 2).
+"""Stacked per-client arrays, the simulator's view of the data (docs/data.md §5; docs/architecture.md §2, layer 2).
 
 Built once on the host in numpy; the simulator places them on the device mesh, sharded along the
 leading client axis. Ragged clients are padded to ``n_max`` and masked, so shapes stay static.
@@ -15,7 +15,7 @@ from ._partition import Partition
 
 
 class ClientArrays(NamedTuple):
-    """Every client's training data, stacked (SPEC section 9).
+    """Every client's training data, stacked (docs/data.md §5).
 
     Attributes:
       x: ``float32 [clients, n_max, *input_shape]``, normalized (`normalize`); zero where masked.

@@ -1,4 +1,4 @@
-"""Reading MNIST-format IDX files, gzipped or raw (SPEC section 9).
+"""Reading MNIST-format IDX files, gzipped or raw (docs/data.md §1).
 
 The IDX format (LeCun et al., http://yann.lecun.com/exdb/mnist/): a 4-byte big-endian magic number
 ``0x00 0x00 <dtype code> <ndim>``, then ``ndim`` big-endian uint32 sizes, then the array in C order

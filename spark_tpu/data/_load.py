@@ -1,4 +1,4 @@
-"""Loading a dataset by name into numpy (SPEC section 9).
+"""Loading a dataset by name into numpy (docs/data.md §1).
 
 tfds datasets are read with `tfds.data_source` (random access over array_record, no TensorFlow);
 a missing cache is prepared first (`prepare_dataset`). The scikit-learn datasets are generated.
@@ -38,7 +38,7 @@ def load_dataset(
     prepare: bool = True,
     seed: int = 0,
 ) -> Dataset:
-    """Loads a classification dataset, train and test, into numpy (SPEC section 9).
+    """Loads a classification dataset, train and test, into numpy (docs/data.md §1).
 
     Args:
       name: ``"fashion_mnist"`` (the default), ``"mnist"``, ``"emnist"`` (tfds ``emnist/digits``),

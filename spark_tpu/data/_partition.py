@@ -1,4 +1,4 @@
-"""Splitting the training set across clients (SPEC section 9).
+"""Splitting the training set across clients (docs/data.md §3).
 
 `partition` is the one entry point: it validates the request, seeds a numpy Generator and runs one
 of the methods in `PARTITIONERS`. Every method returns per-client index lists; `Partition` stacks
@@ -17,7 +17,7 @@ from ._shards import iid, shards
 
 
 class Partition(NamedTuple):
-    """Which training examples each client holds (SPEC section 9).
+    """Which training examples each client holds (docs/data.md §3).
 
     Attributes:
       indices: ``int32 [clients, n_max]`` indices into the train set; padding entries are 0.
@@ -101,7 +101,7 @@ def partition(
     shards_per_client: int = 2,
     min_size: int = 1,
 ) -> Partition:
-    """Assigns training examples to clients, reproducibly from ``seed`` (SPEC section 9).
+    """Assigns training examples to clients, reproducibly from ``seed`` (docs/data.md §3).
 
     Methods (details in each function's docstring):
 

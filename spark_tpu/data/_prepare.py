@@ -1,4 +1,4 @@
-"""Building the tfds array_record cache once (SPEC section 9).
+"""Building the tfds array_record cache once (docs/data.md §1).
 
 `prepare_dataset` writes an ordinary tfds dataset folder,
 ``<data_dir>/<name>/[<config>/]<version>``, that `tfds.data_source` reads with random access and
@@ -110,7 +110,7 @@ def prepare_dataset(
     download: bool = True,
     overwrite: bool = False,
 ) -> pathlib.Path:
-    """Builds the array_record cache of a tfds image dataset once (SPEC section 9).
+    """Builds the array_record cache of a tfds image dataset once (docs/data.md §1).
 
     Args:
       name: a tfds name (``"fashion_mnist"``, ``"mnist"``, ``"cifar10"``, ...) or ``"emnist"``

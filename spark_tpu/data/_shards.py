@@ -1,4 +1,4 @@
-"""IID and k-class shard partitions (SPEC section 9; McMahan et al. 2017, arXiv 1602.05629)."""
+"""IID and k-class shard partitions (docs/data.md §3; McMahan et al. 2017, arXiv 1602.05629)."""
 
 from __future__ import annotations
 

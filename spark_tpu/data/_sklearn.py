@@ -1,4 +1,4 @@
-"""The two small datasets that ship with scikit-learn (SPEC sections 8 and 9).
+"""The two small datasets that ship with scikit-learn (docs/dynamics.md §6, docs/data.md §1).
 
 Two-moons is the seed-002 dynamics dataset; scikit-learn's 8×8 digits is a quick image task. Both
 are generated or split deterministically from a seed, need no cache and no network.

@@ -1,4 +1,4 @@
-"""What a partition looks like: sizes, classes per client, label entropy (SPEC section 9)."""
+"""What a partition looks like: sizes, classes per client, label entropy (docs/data.md §4)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _stats(values: np.ndarray) -> dict[str, float]:
 
 
 def partition_summary(partition: Partition, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
-    """JSON-serializable description of a partition (SPEC section 9's per-partition report).
+    """JSON-serializable description of a partition (docs/data.md §4).
 
     Args:
       partition: the `Partition`.

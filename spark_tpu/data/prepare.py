@@ -1,4 +1,4 @@
-"""Command line: build a dataset's tfds array_record cache once (SPEC section 9).
+"""Command line: build a dataset's tfds array_record cache once (docs/data.md §1).
 
     python -m spark_tpu.data.prepare --dataset=fashion_mnist --data_dir=~/.cache/spark_tpu/tfds
     python -m spark_tpu.data.prepare --dataset=mnist --idx_dir=/path/to/idx_files

@@ -1,4 +1,4 @@
-"""Learning-dynamics predictions for peer-to-peer DGD, ATC and CTA (SPEC section 8; seed 002)."""
+"""Learning-dynamics predictions for peer-to-peer DGD, ATC and CTA (docs/dynamics.md; arXiv 2409.15267)."""
 
 from ._discrete import discrete_trajectory as discrete_trajectory
 from ._flow import flow_system as flow_system

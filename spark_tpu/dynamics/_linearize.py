@@ -1,4 +1,4 @@
-"""The shared linearization at θ_0 and its exact Q·r reduction (SPEC section 8; seed eq. 11).
+"""The shared linearization at θ_0 and its exact Q·r reduction (docs/dynamics.md §2–3; eq. 11 of arXiv 2409.15267).
 
 All clients start from the same θ_0, so the block-diagonal Jacobian ∂f/∂ϑ_0 of seed eq. 11 has the
 blocks J_q = ∂f(X_q; θ_0)/∂θ (client q's own data, the shared parameters). Stack them into

@@ -1,4 +1,4 @@
-"""Predicted per-client learning dynamics: discrete recursion and gradient flow (SPEC section 8).
+"""Predicted per-client learning dynamics: discrete recursion and gradient flow (docs/dynamics.md §1).
 
 Conventions used everywhere in `spark_tpu.dynamics`:
 
@@ -158,7 +158,7 @@ def predict(
     flow: bool = True,
     rank_rtol: float | None = None,
 ) -> dict[str, Any]:
-    r"""Predicts every client's loss, outputs and parameters under DGD, ATC or CTA (SPEC 8).
+    r"""Predicts every client's loss, outputs and parameters under DGD, ATC or CTA (docs/dynamics.md).
 
     Linearizes all clients at the shared θ_0 (seed eq. 11), reduces exactly to Q·r coordinates
     (`linearize`), then runs the discrete recursion (eqs. 7a–c, any row-stochastic W or one W per

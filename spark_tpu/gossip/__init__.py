@@ -1,4 +1,4 @@
-"""Neighbour communication under shard_map (DESIGN layer 5): ppermute only."""
+"""Neighbour communication under shard_map (docs/architecture.md §2, layer 5): ppermute only."""
 
 from ._gossip import AXIS as AXIS
 from ._gossip import GRID_AXES as GRID_AXES

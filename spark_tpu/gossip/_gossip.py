@@ -1,4 +1,4 @@
-"""Gossip under ``jax.shard_map``: the only module that calls collectives (DESIGN layer 5).
+"""Gossip under ``jax.shard_map``: the only module that calls collectives (docs/architecture.md §2, layer 5).
 
 Inside the sharded round each device holds L client slots. ``round_graph`` turns the plan's tables
 and this round's surviving links into neighbour indices and mixing weights; ``halo`` runs one
@@ -79,7 +79,7 @@ def round_graph(
     ``tables`` are this device's slices of ``GossipPlan.device_tables()`` (leading axis 1).
     ``shifts`` and ``mesh_shape`` are the plan's (an int stands for a 1-D mesh).
     ``edge_alive`` marks links that exist in this graph and survived failures and dropouts; mixing
-    weights are rebuilt from them (SPEC 2), so W stays row-stochastic every round.
+    weights are rebuilt from them (docs/topologies.md §4), so W stays row-stochastic every round.
     """
     t = {k: v[0, graph] for k, v in tables.items()}
     alive_ext = jnp.concatenate([edge_alive, jnp.zeros((1,), bool)])

@@ -1,4 +1,4 @@
-"""Equinox models shared by all clients (DESIGN layer 3)."""
+"""Equinox models shared by all clients (docs/architecture.md §2, layer 3)."""
 
 from ._cnn import CNN as CNN
 from ._factory import make_model as make_model

@@ -1,4 +1,4 @@
-"""A small convolutional network whose layers the NTK engine can read (SPEC 9 datasets)."""
+"""A small convolutional network whose layers the NTK engine can read (docs/data.md §1 datasets)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Models by name, for configs and flags (STYLE rule 12)."""
+"""Models by name, for configs and flags (docs/style.md §12)."""
 
 from __future__ import annotations
 

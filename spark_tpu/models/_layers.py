@@ -1,4 +1,4 @@
-"""Parameterized layers whose structure the NTK engine reads (SPEC 3.2, SPEC 8).
+"""Parameterized layers whose structure the NTK engine reads (docs/ntk_step.md §2, docs/dynamics.md §6).
 
 Every layer computes ``z = weight_gain * (W ⊛ a) + bias_gain * b``. The gains are static: 1.0 for
 the standard parameterization, ``s_w / sqrt(fan_in)`` and ``s_b`` for the NTK parameterization of
@@ -23,7 +23,7 @@ PRECISION = jax.lax.Precision.HIGHEST
 def kaiming_normal(
     key: PRNGKeyArray, shape: tuple[int, ...], fan_in: int, dtype: DTypeLike
 ) -> Float[Array, "*shape"]:
-    """Kaiming-normal (He) initialization: entries ~ N(0, 2 / fan_in) (SPEC 5)."""
+    """Kaiming-normal (He) initialization: entries ~ N(0, 2 / fan_in) (docs/ntk_dfl.md §4)."""
     std = math.sqrt(2.0 / fan_in)
     return std * jax.random.normal(key, shape, dtype)
 

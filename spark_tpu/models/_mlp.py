@@ -1,4 +1,4 @@
-"""Multilayer perceptrons: the reference MLP (SPEC 5) and the NTK-parameterized MLP (SPEC 8)."""
+"""Multilayer perceptrons: the reference MLP (docs/ntk_dfl.md §4) and the NTK-parameterized MLP (docs/dynamics.md §6)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class _AbstractMLP(AbstractSequential):
 
 
 class MLP(_AbstractMLP):
-    """Flatten, then Dense–ReLU–…–Dense, Kaiming-normal weights and zero biases (SPEC 5).
+    """Flatten, then Dense–ReLU–…–Dense, Kaiming-normal weights and zero biases (docs/ntk_dfl.md §4).
 
     The default 784-100-10 network has P = 79,510 parameters.
 
@@ -81,7 +81,7 @@ class MLP(_AbstractMLP):
 
 
 class NTKMLP(_AbstractMLP):
-    """An MLP in NTK parameterization (seed 002, eq. (1); SPEC 8).
+    """An MLP in NTK parameterization (arXiv 2409.15267, eq. (1); docs/dynamics.md §6).
 
     Trainable ``W, b ~ N(0, 1)``; layer l computes ``(s_w / sqrt(n_l)) W a + s_b b``.
 

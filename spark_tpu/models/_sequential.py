@@ -1,4 +1,4 @@
-"""The layered model shape that the NTK engine relies on (SPEC 3.2).
+"""The layered model shape that the NTK engine relies on (docs/ntk_step.md §2).
 
 A model is a chain ``x -> prepare -> L_0 -> between_0 -> L_1 -> ... -> L_{last}`` of parameterized
 layers (`Dense`, `Conv2d`) joined by parameter-free maps. `AbstractSequential.record` runs that chain

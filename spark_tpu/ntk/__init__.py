@@ -1,4 +1,4 @@
-"""Jacobian-free NTK machinery: kernels, weight steps, the function-space solver (DESIGN layer 4)."""
+"""Jacobian-free NTK machinery: kernels, weight steps, the function-space solver (docs/architecture.md §2, layer 4)."""
 
 from ._batching import batch_map as batch_map
 from ._closed_form import evolve_mse_closed_form as evolve_mse_closed_form

@@ -1,4 +1,4 @@
-"""The exact kernel flow for squared error, through the eigendecomposition of K (SPEC 3.3)."""
+"""The exact kernel flow for squared error, through the eigendecomposition of K (docs/ntk_step.md §3)."""
 
 from __future__ import annotations
 

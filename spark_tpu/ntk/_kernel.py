@@ -1,4 +1,4 @@
-"""The trace kernel K = (1/C) Σ_c J_c J_cᵀ, by layer structure and by brute force (SPEC 3.2).
+"""The trace kernel K = (1/C) Σ_c J_c J_cᵀ, by layer structure and by brute force (docs/ntk_step.md §2).
 
 Structured form. For a layer ``z = γ_w W ⊛ a + γ_b b`` with pre-activation cotangents
 ``g_{n,c} = ∂f_c(x_n)/∂z``, the Jacobian rows of a dense layer are ``γ_w g ⊗ a`` and ``γ_b g``, so
@@ -100,7 +100,7 @@ def trace_kernel(
     x: Float[Array, "samples ..."],
     mask: Bool[Array, " samples"] | None = None,
 ) -> Float[Array, "samples samples"]:
-    """The trace kernel ``(1/C) Σ_c J_c J_cᵀ`` without materializing J (SPEC 3.2).
+    """The trace kernel ``(1/C) Σ_c J_c J_cᵀ`` without materializing J (docs/ntk_step.md §2).
 
     Args:
         model: an `AbstractSequential` model (`MLP`, `NTKMLP`, `CNN`), one example per call.

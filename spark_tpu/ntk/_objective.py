@@ -1,4 +1,4 @@
-"""Objectives of the function-space dynamics as small composable pieces (SPEC 3.3, SPEC 6).
+"""Objectives of the function-space dynamics as small composable pieces (docs/ntk_step.md §7, docs/spark.md §3).
 
 An `Objective` holds two functions of the logits ``f`` ``[N, C]`` on the pooled data:
 
@@ -46,7 +46,7 @@ def _as(value: ArrayLike, like: Array) -> Array:
 def cross_entropy(
     y_onehot: Float[Array, "samples classes"], mask: Bool[Array, " samples"] | None = None
 ) -> Objective:
-    """Softmax cross-entropy against (one-hot or soft) labels `y_onehot` (SPEC 3.3).
+    """Softmax cross-entropy against (one-hot or soft) labels `y_onehot` (docs/ntk_step.md §7).
 
     ``loss = mean_n -Σ_c y_nc log softmax(f_n)_c``; ``residual = softmax(f) - Y``.
     """
@@ -65,7 +65,7 @@ def cross_entropy(
 def mse(
     y: Float[Array, "samples classes"], mask: Bool[Array, " samples"] | None = None
 ) -> Objective:
-    """Squared error ``loss = mean_n ½‖f_n - y_n‖²``; ``residual = f - Y`` (SPEC 3.3, SPEC 8)."""
+    """Squared error ``loss = mean_n ½‖f_n - y_n‖²``; ``residual = f - Y`` (docs/ntk_step.md §7, docs/dynamics.md §1)."""
     mask = _row_mask(mask, y.shape[0])
 
     def residual(f):
@@ -85,7 +85,7 @@ def soft_label_regularized(
     weight: ArrayLike,
     temperature: ArrayLike,
 ) -> Objective:
-    """SPARK's soft-label regularized cross-entropy (SPEC 6).
+    """SPARK's soft-label regularized cross-entropy (docs/spark.md §3).
 
     With λ = `weight`, T = `temperature` and teacher logits g:
 

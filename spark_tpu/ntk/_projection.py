@@ -1,4 +1,4 @@
-"""Random projection of per-layer Jacobians, without materializing J (SPEC 6, last bullet).
+"""Random projection of per-layer Jacobians, without materializing J (docs/spark.md §5).
 
 Each parameterized layer is viewed as one matrix ``W̃ [rows, cols]``: a dense layer as
 ``[W | b]`` (``rows = out``, ``cols = in + 1``), a convolution as ``[W_(kh·kw·cin) | b]`` per output
@@ -227,7 +227,7 @@ def back_project(
     seed: int | PRNGKeyArray,
     kind: str = "gaussian",
 ) -> PyTree:
-    """The unbiased estimate ``P (JP)ᵀ r`` of ``Jᵀ r`` (SPEC 6), shaped like the model's params.
+    """The unbiased estimate ``P (JP)ᵀ r`` of ``Jᵀ r`` (docs/spark.md §6), shaped like the model's params.
 
     The same `k`, `seed` and `kind` as for `project_jacobian` must be given.
     """

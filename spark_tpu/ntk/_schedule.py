@@ -1,4 +1,4 @@
-"""The step-size schedule of NTK-DFL (SPEC 3, "Step size")."""
+"""The step-size schedule of NTK-DFL (docs/ntk_step.md §6)."""
 
 from __future__ import annotations
 

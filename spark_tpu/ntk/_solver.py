@@ -1,4 +1,4 @@
-"""The function-space flow of the linearized network, on the horizon grid (SPEC 3.3–3.4).
+"""The function-space flow of the linearized network, on the horizon grid (docs/ntk_step.md §3, §8).
 
     df/ds = -(1/Ñ) K residual(f),  f(0) = f0,  sampled at s_t = t·η, t = 0..max(T).
 
@@ -6,7 +6,7 @@ For every horizon τ the solver returns the left Riemann sum ``r_τ = Σ_{t<τ} 
 (the cotangent of the weight step) and ``f(s_τ)``. One `lax.scan` runs over the grid; the running
 sum is snapshotted at the horizons, so memory is O(#horizons · N · C) whatever max(T) is.
 
-Methods are explicit Runge–Kutta tableaux run by one engine (STYLE rule 7), with `substeps` equal
+Methods are explicit Runge–Kutta tableaux run by one engine (docs/style.md §7), with `substeps` equal
 steps per grid interval and a short warm-up of finer steps:
 
 - ``"euler"``: one kernel product per grid step; exactly discrete gradient descent of the

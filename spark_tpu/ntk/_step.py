@@ -1,4 +1,4 @@
-"""The whole NTK evolution step for one pooled dataset (SPEC 3, steps 1–5)."""
+"""The whole NTK evolution step for one pooled dataset (docs/ntk_step.md §1)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def weight_steps(
     eta: ArrayLike,
     num_samples: ArrayLike,
 ) -> PyTree:
-    """``Δw_τ = -(η/Ñ) Jᵀ r_τ`` for all horizons at once: the VJP vmapped over horizons (SPEC 3.4).
+    """``Δw_τ = -(η/Ñ) Jᵀ r_τ`` for all horizons at once: the VJP vmapped over horizons (docs/ntk_step.md §4).
 
     Returns the params pytree with a leading horizon axis on every leaf.
     """
@@ -69,7 +69,7 @@ def select_horizon(
     deltas: PyTree,
     objective: Objective,
 ) -> tuple[Int[Array, ""], Float[Array, " horizons"]]:
-    """``τ* = argmin_τ loss(f(X; w + Δw_τ))`` with the real network (SPEC 3.5); NaN never wins."""
+    """``τ* = argmin_τ loss(f(X; w + Δw_τ))`` with the real network (docs/ntk_step.md §5); NaN never wins."""
     losses = jax.vmap(lambda d: objective.loss(apply(eqx.apply_updates(params, d), x)))(deltas)
     safe = jnp.where(jnp.isnan(losses), jnp.asarray(jnp.inf, losses.dtype), losses)
     return jnp.argmin(safe).astype(jnp.int32), losses
@@ -101,7 +101,7 @@ def ntk_evolution_step(
     linearize_fn: Callable[..., tuple[Array, Callable[[Array], PyTree]]] | None = None,
     **solver_options,
 ) -> tuple[eqx.Module, StepInfo]:
-    """One NTK evolution step linearized at `model` on one pooled dataset (SPEC 3).
+    """One NTK evolution step linearized at `model` on one pooled dataset (docs/ntk_step.md §1).
 
     Kernel K (`kernel_fn`), the function-space flow under ``objective.residual`` on the grid
     ``s_t = t·η``, ``Δw_τ = -(η/Ñ) Jᵀ r_τ`` for every τ by one VJP, and the horizon that minimizes
@@ -119,7 +119,7 @@ def ntk_evolution_step(
         kernel_fn: ``(model, x, mask) -> [N, N]``; `trace_kernel` by default.
         linearize_fn: optional ``(model, x, mask) -> (K, jtr)`` replacing both `kernel_fn` and the
             exact VJP: ``jtr(r [N, C])`` returns an estimate of ``Jᵀ r`` shaped like the model's
-            array params, e.g. the back-projection ``P (JP)ᵀ r`` of SPEC 6 (projected Jacobians
+            array params, e.g. the back-projection ``P (JP)ᵀ r`` of docs/spark.md §6 (projected Jacobians
             computed once for the kernel and the weight step).
         **solver_options: static options of `solve_function_space` (``stride``, ``substeps``,
             ``rtol``, ...; ignored by ``"mse_closed_form"``).

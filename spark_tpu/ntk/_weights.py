@@ -1,4 +1,4 @@
-"""Weight-space pieces of the NTK step: batched forward, Jᵀr by one VJP (SPEC 3.4)."""
+"""Weight-space pieces of the NTK step: batched forward, Jᵀr by one VJP (docs/ntk_step.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Build, place, compile and run simulations (DESIGN layer 8)."""
+"""Build, place, compile and run simulations (docs/architecture.md §2, layer 8)."""
 
 from ._build import REFERENCE as REFERENCE
 from ._build import hyperparameters as hyperparameters

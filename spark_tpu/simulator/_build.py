@@ -1,4 +1,4 @@
-"""Plug-ins by name (STYLE rule 12): a Config becomes data, model, topology and algorithm."""
+"""Plug-ins by name (docs/style.md §12): a Config becomes data, model, topology and algorithm."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from spark_tpu import algorithms, data, models, topology
 
 from ._config import Config
 
-# Reference hyperparameters (SPEC 5 and 7) used when a flag is left unset.
+# Reference hyperparameters (docs/ntk_dfl.md §3 and docs/baselines.md §7) used when a flag is left unset.
 REFERENCE = {
     "dgd": dict(lr=0.1, batch_size=10),
     "atc": dict(lr=0.1, batch_size=10),
@@ -76,7 +76,7 @@ def make_algorithm(
             model, stages=cfg.spark_stages, rounds=cfg.rounds, options=dict(cfg.spark_options),
             **ntk_options,
         )
-    if a == "ntk_fl":  # SPEC 4: constant η (--lr_decay is ignored); NTK-FL's horizons, unless
+    if a == "ntk_fl":  # docs/ntk_fl.md §2: constant η (--lr_decay is ignored); NTK-FL's horizons, unless
         # --horizons differs from the NTK-DFL default (passing exactly that default gives these).
         left_default = cfg.horizons == Config.__dataclass_fields__["horizons"].default
         return algorithms.ntk_fl(

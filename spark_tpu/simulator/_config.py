@@ -1,6 +1,6 @@
 """The run configuration: every launcher flag as one frozen dataclass, validated at construction.
 
-Error messages name the flag, the value and what would work (STYLE rule 10).
+Error messages name the flag, the value and what would work (docs/style.md §10).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SOLVERS = ("adaptive", "rk4", "bosh3", "dopri5", "midpoint", "euler", "rkc4", "r
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One simulation. Defaults reproduce the NTK-DFL reference setting (SPEC 5)."""
+    """One simulation. Defaults reproduce the NTK-DFL reference setting (docs/ntk_dfl.md §4)."""
 
     algorithm: str = "ntk_dfl"
     dataset: str = "fashion_mnist"

@@ -1,4 +1,4 @@
-"""Compiled round chunks and evaluation under ``jax.shard_map`` (DESIGN layer 8).
+"""Compiled round chunks and evaluation under ``jax.shard_map`` (docs/architecture.md §2, layer 8).
 
 A chunk is ``lax.scan`` over rounds of one algorithm's round function, inside one shard_map over
 the client mesh axes ("clients", or "rows" × "cols" for a torus tiled on a 2-D mesh, flattened into
@@ -29,7 +29,7 @@ def client_spec(mesh) -> P:
 
 
 class Faults(NamedTuple):
-    """Per-round simulated faults (SPEC 2, issue 7)."""
+    """Per-round simulated faults (docs/topologies.md §4, issue 7)."""
 
     link_failure: float = 0.0
     client_dropout: float = 0.0
@@ -129,7 +129,7 @@ class TestSet(NamedTuple):
 
 def make_evaluate(model: Model, mesh, num_clients: int):
     """jit(shard_map(...)): (params, client_ids, real, test) -> per-client accuracy [Q_pad], aggregated-model
-    accuracy, consensus distance (1/Q) Σ_q ‖w_q − w̄‖² (SPEC 10)."""
+    accuracy, consensus distance (1/Q) Σ_q ‖w_q − w̄‖² (docs/metrics.md §2)."""
 
     def device_fn(params, ids, real, test: TestSet):
         w = real[ids].astype(jnp.float32)

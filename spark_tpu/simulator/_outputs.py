@@ -1,4 +1,4 @@
-"""The output-directory contract (STYLE rule 13): metrics.csv, summary.json and PNG plots."""
+"""The output-directory contract (docs/style.md §13): metrics.csv, summary.json and PNG plots."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one simulator loop (DESIGN layer 8): place, compile chunks, evaluate, log, save."""
+"""The one simulator loop (docs/architecture.md §2, layer 8): place, compile chunks, evaluate, log, save."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Graphs, mixing matrices and gossip plans (SPEC section 2; DESIGN layer 1)."""
+"""Graphs, mixing matrices and gossip plans (docs/topologies.md; docs/architecture.md §2, layer 1)."""
 
 from ._graphs import complete as complete
 from ._graphs import default_torus_shape as default_torus_shape

@@ -1,4 +1,4 @@
-"""Communication graphs (SPEC section 2).
+"""Communication graphs (docs/topologies.md §1).
 
 Every constructor returns a symmetric boolean adjacency matrix without self-loops. Errors name the
 launcher flag that carries the offending value, so a bad request fails at start-up with a message
@@ -100,7 +100,7 @@ def random_regular(n: int, degree: int, seed: int) -> Adjacency:
 
 
 def erdos_renyi(n: int, p: float, seed: int) -> Adjacency:
-    """Erdős–Rényi G(n, p), redrawn until connected (SPEC 2)."""
+    """Erdős–Rényi G(n, p), redrawn until connected (docs/topologies.md §1)."""
     _check_clients(n)
     if not 0.0 < p <= 1.0:
         raise ValueError(f"--edge_probability={p}: must be in (0, 1].")

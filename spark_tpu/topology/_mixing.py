@@ -1,4 +1,4 @@
-"""Mixing matrices and their spectral gap (SPEC section 2)."""
+"""Mixing matrices and their spectral gap (docs/topologies.md §2)."""
 
 from __future__ import annotations
 

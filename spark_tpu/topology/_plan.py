@@ -1,4 +1,4 @@
-"""The gossip plan: a pool of graphs compiled into static halo-exchange tables (DESIGN layer 1).
+"""The gossip plan: a pool of graphs compiled into static halo-exchange tables (docs/topologies.md §6).
 
 Clients sit on a device mesh by a ``DeviceLayout``: position p of the client axis is slot p % L of
 flattened device p // L (row-major over the mesh axes) and holds client ``placement[p]``; slots past

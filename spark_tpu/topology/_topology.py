@@ -1,4 +1,4 @@
-"""A topology request turned into a pool of mixing matrices (SPEC section 2).
+"""A topology request turned into a pool of mixing matrices (docs/topologies.md §3).
 
 A static topology is a pool of one. A time-varying topology (a fresh random graph every round) is a
 pool of ``pool_size`` graphs drawn once at start-up; the compiled round picks one per round with
