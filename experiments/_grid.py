@@ -14,9 +14,14 @@ RESULTS = os.environ.get("SPARK_TPU_RESULTS", os.path.join(os.path.dirname(__fil
 RUNS = os.environ.get("SPARK_TPU_RUNS")  # where per-run folders go (default: beside the JSON)
 
 
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=float))
+
+
 def run_grid(name: str, configs: dict, *, out_dir: str | None = None, resume: bool = True) -> dict:
-    """Runs every ``{label: Config}`` (skipping labels already in the results file when
-    ``resume``), saving ``results/NAME.json`` after each one so nothing is lost."""
+    """Runs every ``{label: Config}`` (skipping, when ``resume``, labels already in the results
+    file with the same configuration: a changed default such as the solver re-runs them), saving
+    ``results/NAME.json`` after each one so nothing is lost."""
     from spark_tpu import simulator
 
     out_dir = out_dir or RESULTS
@@ -27,8 +32,8 @@ def run_grid(name: str, configs: dict, *, out_dir: str | None = None, resume: bo
         with open(path) as f:
             results = json.load(f)
     for label, cfg in configs.items():
-        if label in results:
-            continue
+        if label in results and results[label]["config"] == _jsonable(cfg.to_dict()):
+            continue  # the same run (same configuration) is already there
         workdir = os.path.join(RUNS or out_dir, name, label)
         t = time.perf_counter()
         summary = simulator.run(cfg, workdir, progress=True)
