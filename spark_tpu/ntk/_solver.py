@@ -6,12 +6,15 @@ For every horizon τ the solver returns the left Riemann sum ``r_τ = Σ_{t<τ} 
 (the cotangent of the weight step) and ``f(s_τ)``. One `lax.scan` runs over the grid; the running
 sum is snapshotted at the horizons, so memory is O(#horizons · N · C) whatever max(T) is.
 
-Methods are explicit Runge–Kutta tableaux run by one engine (docs/style.md §7), with `substeps` equal
-steps per grid interval and a short warm-up of finer steps:
+The default, ``"adaptive"``, chooses every step from an error estimate, per dataset
+(`solve_adaptive`, ``ntk/_adaptive.py``). The fixed-step methods are explicit Runge–Kutta tableaux
+run by one engine (docs/style.md §7), with `substeps` equal steps per grid interval and a short
+warm-up of finer steps; with ``stride > 1`` each strided step's local error estimate is checked
+and a step past `FLAG_TOLERANCE` flags the solve (what leaving the stability region looks like):
 
 - ``"euler"``: one kernel product per grid step; exactly discrete gradient descent of the
   linearized model with step η (the kernel flow's forward Euler). No warm-up by default.
-- ``"rk4"`` (default): classical 4th order, 4 products per substep. At the paper's stiffness
+- ``"rk4"``: classical 4th order, 4 products per substep. At the paper's stiffness
   (η·λ_max(K)/Ñ ≈ 3.6, damped by the softmax Jacobian, whose eigenvalues are ≤ 1/2) one substep
   per grid interval is stable. Almost all of its error comes from the stiff transient of the
   first few grid intervals, so those (`warmup_steps` = 8) take 4 substeps: on Fashion-MNIST and
