@@ -88,14 +88,15 @@ def test_rounds_copy_nothing_from_host_to_device():
     assert int(sim.round) == 6
 
 
-def test_long_horizons_on_a_slow_fixed_graph_warn():
+def test_long_horizons_on_a_slow_fixed_graph_warn_with_a_strided_fixed_solver():
     from spark_tpu.simulator import _build
 
     def warning(**kw):
         cfg = simulator.Config(clients=60, **kw)
         return _build.horizon_warning(cfg, _build.make_topology(cfg).summary())
 
-    ring = dict(topology="ring", time_varying=False)
+    assert warning(algorithm="spark", topology="ring", time_varying=False) is None  # adaptive
+    ring = dict(topology="ring", time_varying=False, solver="rk4", solver_stride=4)
     assert "--horizons=25,50,100,200" in warning(algorithm="spark", **ring)
     assert "spectral gap 0.0037" in warning(algorithm="ntk_dfl", **ring)
     assert warning(algorithm="spark", horizons=(25, 50, 100, 200), **ring) is None
