@@ -1,0 +1,53 @@
+"""The hardest real neighbourhood the solver audit found (experiments/solver_audit.py).
+
+Fashion-MNIST, 30 clients × 100 samples, per-client Dirichlet α = 0.05, seed 0, a 5-regular
+graph of the run's pool, the MLP at its initialization: client 21's pooled neighbourhood (Ñ = 600,
+η·λ_max(K)/Ñ = 3.7). The old default solver (rk4, stride 4) leaves RK4's stability region there
+(a weight-step error of ~1 against a float64 rk4 reference at one step per grid interval, and it
+is flagged); the adaptive default stays within 1e-4. Skipped without the Debian data package.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+
+pytestmark = [
+    pytest.mark.skipif(not os.path.isdir(DEBIAN_DIR), reason=f"{DEBIAN_DIR} absent"),
+    pytest.mark.slow,
+]
+
+
+def test_old_default_fails_and_adaptive_holds_on_hardest_real_neighbourhood(tmp_path):
+    import jax
+
+    from experiments import solver_audit
+    from spark_tpu import simulator
+
+    cfg = simulator.Config(
+        algorithm="ntk_dfl", clients=30, samples_per_client=100, partition="dirichlet",
+        alpha=0.05, topology="regular", degree=5, rounds=1, devices=2, seed=0,
+        data_dir=str(tmp_path / "tfds"),
+    )  # fmt: skip
+    sim = simulator.Simulation(cfg)
+    avg, x, y = solver_audit._neighbourhoods(sim, cfg)[21]
+    classes = sim.setup.dataset.num_classes
+
+    def weight_steps(dtype, **options):
+        fn = solver_audit._solver_fn(sim.setup.model, classes, dtype, tuple(sorted(options.items())))
+        dw, _, _, flagged = fn(avg, x, y, np.float64(0.01))
+        return [np.asarray(v, np.float64) for v in jax.tree.leaves(dw)], bool(flagged)
+
+    ref, _ = weight_steps("float64", solver="rk4")
+
+    def error(dw):
+        num = np.sqrt(sum(np.sum((a - b) ** 2, axis=tuple(range(1, a.ndim))) for a, b in zip(dw, ref)))
+        den = np.sqrt(sum(np.sum(b**2, axis=tuple(range(1, b.ndim))) for b in ref))
+        return float(np.max(num / den))
+
+    old, old_flagged = weight_steps("float32", solver="rk4", stride=4)
+    new, new_flagged = weight_steps("float32", solver="adaptive")
+    assert not error(old) <= 1e-2 and old_flagged
+    assert error(new) <= 1e-4 and not new_flagged
