@@ -61,12 +61,14 @@ def ntk_dfl_bytes(
     ctx: RoundContext, params_one, num_classes: int, models_per_edge: int = 2,
     jacobian_floats: int | None = None,
 ):
-    """Protocol bytes each client sends (SPEC 5, 10): to every live neighbour its model (and the
-    averaged model w̄), plus, for every neighbour it serves, the Jacobian of its own data at that
-    neighbour's w̄ (n·C·P floats), its labels (n) and its logits (n·C).
+    """Protocol bytes each client sends in the exchange that builds the NTK step (SPEC 5, 10): to
+    every live neighbour its model w_q (for the averaging) and the linearization point (w̄_q),
+    ``models_per_edge`` models in all, plus, for every neighbour it serves, the Jacobian of its own
+    data at that neighbour's point (n·C·P floats), its labels (n int32) and its logits (n·C).
 
     ``jacobian_floats`` replaces P as the floats per sample and class of what is sent in place of
-    the Jacobian (Σ_l k_l for the random projection of SPEC 6)."""
+    the Jacobian (Σ_l k_l for the random projection of SPEC 6). The choice of τ* is counted apart,
+    by `selection_bytes`."""
     p = num_params(params_one)
     j = p if jacobian_floats is None else jacobian_floats
     n = jnp.sum(ctx.data.mask, axis=1).astype(jnp.float32)
@@ -74,6 +76,25 @@ def ntk_dfl_bytes(
         num_classes * (j + 1) * BYTES_PER_FLOAT + BYTES_PER_LABEL
     )
     return alive_degree(ctx) * per_neighbour
+
+
+def selection_bytes(ctx: RoundContext, params_one, num_horizons: int, tau_selection: str):
+    """Bytes each client sends to choose τ* (SPEC 3.5 across a neighbourhood).
+
+    ``pooled`` (the loss of the real network on the pooled data, the reference): q holds Δw_τ for
+    every candidate τ but not its neighbours' data, so it sends each live neighbour the |T|
+    candidate steps (|T|·P floats) and each neighbour returns the sum of its per-sample losses
+    for every candidate (|T| floats; q knows n_j from the labels). A client does both, once per
+    live link: deg·|T|·(P + 1)·4 bytes. At the paper setting (deg 5, |T| = 5, P = 79,510) that is
+    7.95 MB per client per round.
+    ``linearized`` (the loss of f(X_j; w) + J_j Δw_τ): computed by q from the Jacobians (or, with
+    a back-projected weight step, the projected Jacobians J_j P, since then Δw_τ = P z_τ) and
+    logits it already received: 0 bytes.
+    """
+    if tau_selection == "linearized":
+        return jnp.zeros_like(alive_degree(ctx))
+    p = num_params(params_one)
+    return alive_degree(ctx) * (num_horizons * (p + 1) * BYTES_PER_FLOAT)
 
 
 # Float32 N×N arrays one client's evolution step holds at its peak, with margin: an XLA buffer of
@@ -122,6 +143,7 @@ def bucket_rows(buckets: tuple[int, int] | None, ctx: RoundContext) -> tuple[int
 def evolve_clients(
     model: Model, start, pooled: Pooled, objectives, *, eta, num_classes, horizons, solver,
     client_batch, step_options: dict | None = None, buckets: tuple[int, int] | None = None,
+    tau_selection: str = "pooled",
 ):
     """The NTK evolution step (SPEC 3) for every local client from ``start`` on its pooled data.
 
@@ -138,7 +160,8 @@ def evolve_clients(
         obj = objectives(jax.nn.one_hot(y, num_classes, dtype=x.dtype), mask, i)
         net = eqx.combine(p, model.static)
         new, info = ntk.ntk_evolution_step(
-            net, x, obj, mask, eta=eta, horizons=horizons, solver=solver, **step_options
+            net, x, obj, mask, eta=eta, horizons=horizons, solver=solver,
+            selection=tau_selection, **step_options,
         )  # MSE runs use solver="mse_closed_form" (see ntk_dfl)
         return eqx.partition(new, eqx.is_array)[0], info
 
@@ -163,8 +186,12 @@ def ntk_dfl(
     model: Model, *, num_classes: int, eta0: float = 0.01, lr_decay: float = 0.07,
     horizons=(100, 200, 400, 600, 800), solver: str = "rk4", loss: str = "ce",
     client_batch: int = 0, solver_stride: int = 4, buckets: tuple[int, int] | None = None,
+    tau_selection: str = "pooled",
 ) -> Algorithm:
     """NTK-DFL (Thompson et al., ICML 2025; SPEC 5) with η_k = η0·exp(−decay·k).
+
+    ``tau_selection``: ``pooled`` (the real network's loss on the pooled data, the reference) or
+    ``linearized``; see `selection_bytes` for what each sends.
 
     ``solver_stride``: grid intervals per solver step after the first 32 (see
     `ntk.solve_function_space`). ``buckets``: ``topology.degree_buckets`` of the plan (pooled
@@ -182,14 +209,13 @@ def ntk_dfl(
             model, averaged, pooled, lambda y, m, i: make_objective(y, m),
             eta=schedule(ctx.round), num_classes=num_classes, horizons=tuple(horizons),
             solver=solver, client_batch=client_batch, step_options={"stride": solver_stride},
-            buckets=bucket_rows(buckets, ctx),
+            buckets=bucket_rows(buckets, ctx), tau_selection=tau_selection,
         )
         one = jax.tree.map(lambda p: p[0], state.params)
-        metrics = {
-            "train_loss": info.initial_loss,
-            "tau": info.tau,
-            "bytes_sent": ntk_dfl_bytes(ctx, one, num_classes),
-        }
+        sent = ntk_dfl_bytes(ctx, one, num_classes) + selection_bytes(
+            ctx, one, len(tuple(horizons)), tau_selection
+        )
+        metrics = {"train_loss": info.initial_loss, "tau": info.tau, "bytes_sent": sent}
         return ParamsState(new), metrics
 
     return Algorithm(init=ParamsState, round=round_)

@@ -36,7 +36,11 @@ How the simulator runs it inside the sharded round (L client slots per device):
 
 Bytes (SPEC 10), per client row, both directions of its link with the server, as FedAvg counts
 them: a sampled client receives w (P floats) and uploads its Jacobian (n·C·P floats), labels (n
-int32) and logits (n·C floats); unsampled clients send and receive nothing. The server sends the
+int32) and logits (n·C floats); unsampled clients send and receive nothing. Choosing τ* with the
+real network on the pooled data (``tau_selection="pooled"``, the reference) needs the clients'
+data, which the server does not hold: it sends each sampled client the |T| candidate steps (|T|·P
+floats) and the client returns its loss sum for each (|T| floats). ``tau_selection="linearized"``
+scores f(X; w) + J Δw_τ from the Jacobians the server already holds: no extra bytes. The server sends the
 model only to the clients it samples (they need it for their Jacobians); the simulator copies the
 new model into every slot for evaluation only, and that copy is not counted.
 
@@ -120,14 +124,16 @@ def _gather_sampled(ctx: RoundContext, chosen, position, count: int):
 
 
 def _server_step(
-    model: Model, w, pooled, *, num_classes, eta, horizons, solver, make_objective, stride
+    model: Model, w, pooled, *, num_classes, eta, horizons, solver, make_objective, stride,
+    selection,
 ):
     """SPEC 3 from w on the pooled data: (w + Δw_τ*, τ*, loss of w)."""
     x, y, mask = pooled
     objective = make_objective(jax.nn.one_hot(y, num_classes, dtype=x.dtype), mask)
     net = eqx.combine(w, model.static)
     new, info = ntk.ntk_evolution_step(
-        net, x, objective, mask, eta=eta, horizons=horizons, solver=solver, stride=stride
+        net, x, objective, mask, eta=eta, horizons=horizons, solver=solver, stride=stride,
+        selection=selection,
     )
     return eqx.partition(new, eqx.is_array)[0], info.tau, info.initial_loss
 
@@ -146,19 +152,25 @@ def _on_server_device(step, is_server, replicate: bool):
     return gossip.client_sum(jax.tree.map(lambda v: v[None], out))
 
 
-def ntk_fl_bytes(ctx: RoundContext, chosen, params_one, num_classes: int):
+def ntk_fl_bytes(
+    ctx: RoundContext, chosen, params_one, num_classes: int, num_horizons: int = 0,
+    tau_selection: str = "pooled",
+):
     """Protocol bytes on each client's link with the server (SPEC 10): a sampled client receives
-    w (P floats) and uploads its Jacobian (n·C·P floats), labels (n) and logits (n·C); others 0."""
+    w (P floats) and uploads its Jacobian (n·C·P floats), labels (n) and logits (n·C); with
+    ``tau_selection="pooled"`` it also receives the |T| candidate steps and returns |T| losses
+    (|T|·(P + 1) floats); others 0."""
     p = num_params(params_one)
     n = jnp.sum(ctx.data.mask, axis=1).astype(jnp.float32)
     upload = n * (num_classes * (p + 1) * BYTES_PER_FLOAT + BYTES_PER_LABEL)
-    return jnp.where(chosen, upload + p * BYTES_PER_FLOAT, 0.0)
+    select = num_horizons * (p + 1) * BYTES_PER_FLOAT if tau_selection == "pooled" else 0
+    return jnp.where(chosen, upload + p * BYTES_PER_FLOAT + select, 0.0)
 
 
 def ntk_fl(
     model: Model, *, num_clients: int, num_classes: int, participation: float = 0.07,
     eta: float = 0.01, horizons=NTK_FL_HORIZONS, solver: str = "rk4", loss: str = "ce",
-    replicate_server: bool = False, solver_stride: int = 4,
+    replicate_server: bool = False, solver_stride: int = 4, tau_selection: str = "pooled",
 ) -> Algorithm:
     """NTK-FL (SPEC 4) with a constant step η and the server step on one device.
 
@@ -173,6 +185,7 @@ def ntk_fl(
         loss: "ce" or "mse".
         replicate_server: run the server step on every device (measurement only).
         solver_stride: grid intervals per solver step after the first 32.
+        tau_selection: "pooled" (the real network on the sampled clients' data) or "linearized".
     """
     count = max(1, round(participation * num_clients))
     make_objective = ntk.cross_entropy if loss == "ce" else ntk.mse
@@ -180,7 +193,7 @@ def ntk_fl(
         solver = "mse_closed_form"
     options = {
         "num_classes": num_classes, "eta": eta, "horizons": tuple(horizons), "solver": solver,
-        "make_objective": make_objective, "stride": solver_stride,
+        "make_objective": make_objective, "stride": solver_stride, "selection": tau_selection,
     }
 
     def round_(state: NTKFLState, ctx: RoundContext):
@@ -199,7 +212,9 @@ def ntk_fl(
             "train_loss": jnp.where(chosen, loss0, jnp.nan),
             "tau": jnp.broadcast_to(tau, (slots,)),
             "sampled": chosen.astype(jnp.float32),
-            "bytes_sent": ntk_fl_bytes(ctx, chosen, w, num_classes),
+            "bytes_sent": ntk_fl_bytes(
+                ctx, chosen, w, num_classes, len(tuple(horizons)), tau_selection
+            ),
         }
         return NTKFLState(params, jnp.full((slots,), ctx.round, jnp.int32)), metrics
 
