@@ -92,9 +92,11 @@ def configs() -> dict:
     from spark_tpu import simulator
 
     base = base_config()
+    stages = base.pop("spark_stages")  # SPARK's alone: another algorithm refuses it
     return {
         (algo, label): simulator.Config(
-            algorithm=algo, link_failure=link, client_dropout=drop, **base
+            algorithm=algo, link_failure=link, client_dropout=drop, **base,
+            **({"spark_stages": stages} if algo == "spark" else {}),
         )
         for algo in FLAGS.algorithms
         for label, (link, drop) in fault_settings().items()

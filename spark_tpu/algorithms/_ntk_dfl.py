@@ -4,7 +4,8 @@ One round for client q: w̄_q = Σ_j W_qj w_j; every neighbour j returns its Jac
 data with labels and logits; q runs the NTK evolution step (SPEC 3) from w̄_q on the pooled data
 S_q. Inside the simulator q receives its neighbours' inputs and labels instead of Jacobians (the
 result is identical: the kernel and the VJP are computed at w̄_q either way); bytes are counted for
-the protocol (weights both ways, Jacobians, labels, logits).
+the protocol (weights both ways, Jacobians, labels, logits, and the exchange that chooses τ*:
+`selection_bytes`).
 """
 
 from __future__ import annotations
