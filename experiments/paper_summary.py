@@ -6,7 +6,8 @@
 Reads only ``results/paper_<alpha>_s<seed>.json`` (curves and summaries written by
 experiments.paper): a run without a result file is not in the tables, and each row says how many
 seeds it averages and how often its runs were evaluated (rounds-to-target is only as fine as the
-evaluation period: a run evaluated every 5 rounds reports up to 4 rounds late). Writes ``results/paper_summary.{json,md}``, the per-α plots
+evaluation period: a run evaluated every 5 rounds reports up to 4 rounds late). Writes
+``results/paper_summary.{json,md}``, the per-α plots
 ``results/paper_summary.png`` (rounds to target and final accuracy against α, mean ± std over
 seeds) and re-draws ``results/paper_<alpha>_s<seed>.{png,md}`` from the JSON curves.
 """
@@ -30,7 +31,8 @@ FLAGS = flags.FLAGS
 
 TOPOLOGIES = {  # result-name suffix: label (experiments.paper --topology, --horizons)
     "regular": "time-varying 5-regular", "ring": "fixed ring",
-    "erdos_renyi": "time-varying Erdős–Rényi", "h25-50-100-200": "time-varying 5-regular, τ ≤ 200",
+    "erdos_renyi": "time-varying Erdős–Rényi",
+    "h25-50-100-200": "time-varying 5-regular, τ ≤ 200",
     "ring_h25-50-100-200": "fixed ring, τ ≤ 200",
 }
 METHODS = ("spark", "ntk_dfl", "ntk_dfl+momentum", "dfedavg", "dfedavgm", "dpsgd")

@@ -84,7 +84,8 @@ def main(_):
         opts = dict(cfg["spark_options"])
         sizes = None
         if opts.get("projection", "none") != "none":
-            sizes = sum(projection_sizes(net, k=int(opts["projection_dim"]), kind=opts["projection"]))
+            k, kind = int(opts["projection_dim"]), opts["projection"]
+            sizes = sum(projection_sizes(net, k=k, kind=kind))
         recorded = res["curve"][-1]["bytes_total"] / (len(res["curve"]) * cfg["clients"])
         old = float(np.mean(per_round(cfg, n, p, c, sizes, old=True)))
         assert abs(old - recorded) <= 1e-5 * recorded, (label, old, recorded)  # float32 sums

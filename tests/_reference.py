@@ -61,7 +61,8 @@ def flat_params(layers, clients=None):
 
 def ntk_step(theta, shapes, x, y, eta, horizons):
     """SPEC 3 with explicit J and an accurate ODE solution at the grid points: (θ + Δθ_τ*, τ*)."""
-    return ntk_step_with(theta, shapes, x, lambda f: softmax(f) - y, lambda f: ce(f, y), eta, horizons)
+    residual, loss = (lambda f: softmax(f) - y), (lambda f: ce(f, y))
+    return ntk_step_with(theta, shapes, x, residual, loss, eta, horizons)
 
 
 def ntk_step_with(theta, shapes, x, residual, loss, eta, horizons):

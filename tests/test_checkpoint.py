@@ -84,7 +84,8 @@ def kill_resume(tmp_path_factory):
     cache = root / "jax_cache"
     results = {}
     for algo in ALGORITHMS:
-        launch = [a for a in LAUNCH if algo in ("ntk_dfl", "spark") or not a.startswith("--horizons")]
+        ntk = algo in ("ntk_dfl", "spark")
+        launch = [a for a in LAUNCH if ntk or not a.startswith("--horizons")]
         args = launch + [f"--algorithm={algo}", "--checkpoint_every=1"]  # (dfedavgm refuses them)
         ref_dir, run_dir = root / f"{algo}_ref", root / f"{algo}_killed"
         ref = launcher(args, ref_dir, cache)  # runs beside the one that is killed

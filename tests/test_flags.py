@@ -78,7 +78,8 @@ def test_refused_where_it_does_nothing(flag, algorithm):
         refuse_unused(cfg, [flag])
     name = "--spark" if flag == "spark_options" else f"--{flag}"
     text = str(e.value)
-    assert text.startswith(f"{name} does nothing for --algorithm={algorithm}: ") and "\n" not in text
+    assert text.startswith(f"{name} does nothing for --algorithm={algorithm}: ")
+    assert "\n" not in text
 
 
 def test_solver_is_refused_with_mse():
@@ -102,7 +103,8 @@ def test_graph_options_change_the_graphs(flag, tmp_path):
         star[0, 1:] = star[1:, 0] = 1
         np.save(tmp_path / "ring.npy", ring)
         np.save(tmp_path / "star.npy", star)
-        cfg, value = cfg.replace(topology_file=str(tmp_path / "ring.npy")), str(tmp_path / "star.npy")
+        cfg = cfg.replace(topology_file=str(tmp_path / "ring.npy"))
+        value = str(tmp_path / "star.npy")
     other = cfg.replace(**{flag: value})
     a = np.asarray(make_topology(cfg).mixing_matrices())
     b = np.asarray(make_topology(other).mixing_matrices())

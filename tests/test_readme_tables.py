@@ -1,13 +1,15 @@
 """Every number in the README's results tables is found in the result files the table names.
 
 For each Markdown table in the README's "Results" section, the text around it (from the previous
-table to this one, and the paragraph right after it) names its result files (``experiments/results/NAME.{json,md}``; braces
-expanded, placeholders such as ``<α>`` skipped). Every number in a result cell (every column but
-the row labels) must be some number of those files, JSON values or numbers written in their
-Markdown, printed with the cell's precision: the same decimals (or significant digits in
-scientific notation), after scaling by 1 (as is), 100 (a fraction shown in percent), or 1e-3,
-1e-6, 1e-9 (bytes shown in kB, MB, GB). So a table cannot drift from its files: changing a digit
-in the README, or re-running an experiment without redoing its table, fails here.
+table to this one, and the paragraph right after it) names its result files
+(``experiments/results/NAME.{json,md}``; braces expanded, placeholders such as ``<α>`` skipped).
+Every number in a result cell (every column but the row labels) must be some number of those
+files, JSON values or numbers written in their Markdown, printed with the cell's precision: the
+same decimals (or significant digits in scientific notation), after scaling by 1 (as is), 100 (a
+fraction shown in percent), or 1e-3, 1e-6, 1e-9 (bytes shown in kB, MB, GB). So a table cannot
+drift from its files: changing a digit in the README, or re-running an experiment without redoing
+its table, fails here. (A number is looked for in the whole file, not in its row: a changed digit
+that happens to equal another number of the file passes.)
 """
 
 import json

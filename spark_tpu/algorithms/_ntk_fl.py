@@ -40,9 +40,9 @@ int32) and logits (n·C floats); unsampled clients send and receive nothing. Cho
 real network on the pooled data (``tau_selection="pooled"``, the reference) needs the clients'
 data, which the server does not hold: it sends each sampled client the |T| candidate steps (|T|·P
 floats) and the client returns its loss sum for each (|T| floats). ``tau_selection="linearized"``
-scores f(X; w) + J Δw_τ from the Jacobians the server already holds: no extra bytes. The server sends the
-model only to the clients it samples (they need it for their Jacobians); the simulator copies the
-new model into every slot for evaluation only, and that copy is not counted.
+scores f(X; w) + J Δw_τ from the Jacobians the server already holds: no extra bytes. The server
+sends the model only to the clients it samples (they need it for their Jacobians); the simulator
+copies the new model into every slot for evaluation only, and that copy is not counted.
 
 Metrics: ``tau`` is τ* on every client (each holds the model evolved for τ*), so the simulator's
 horizon histogram counts client-rounds (Q per round), like NTK-DFL's; ``train_loss`` is the loss

@@ -145,11 +145,13 @@ def spark(
     """
     if loss != "ce":
         raise ValueError(
-            f"--loss={loss}: SPARK's soft-label regularizer is defined for cross-entropy; use --loss=ce."
+            f"--loss={loss}: SPARK's soft-label regularizer is defined for cross-entropy; "
+            "use --loss=ce."
         )
     schedule = parse_stages(stages or DEFAULT_STAGES, rounds)
     opts = resolve_options(options or {})
-    if tau_selection == "linearized" and opts["projection"] != "none" and opts["weight_step"] == "exact":
+    exact_projected = opts["projection"] != "none" and opts["weight_step"] == "exact"
+    if tau_selection == "linearized" and exact_projected:
         raise ValueError(
             "--tau_selection=linearized with --spark=weight_step=exact: q holds only J·P, and the "
             "exact Δw_τ is not in the projected subspace, so J Δw_τ would need another exchange; "
