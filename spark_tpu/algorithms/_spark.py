@@ -114,7 +114,9 @@ def _projection_step(model: Model, start, ctx: RoundContext, opts: dict) -> dict
 def _pool_with_teacher(
     model: Model, averaged, ctx, teacher: str, client_batch: int, compact: bool
 ):
-    """The pooled neighbourhood and the teacher's logits g on its rows, in one exchange."""
+    """The pooled neighbourhood and the teacher's logits g on its rows, in one exchange: averaged,
+    f(X_Sq; w̄_q); neighbor, block by block f(X_j; w̄_j), the model j holds after this round's
+    averaging."""
     if teacher == "averaged":  # g = f(X_Sq; w̄_q)
         pooled, _ = pool_neighbourhood(ctx, compact=compact)
         return pooled, map_clients(model.apply, (averaged, pooled.x), client_batch)
