@@ -5,8 +5,8 @@ Command (from the repo root):
     python -m experiments.faults            # the default setting below, 12 runs
     python -m experiments.faults --small    # a smoke version on scikit-learn digits
 
-Default setting: Fashion-MNIST, 60 clients × 100 samples, per-client Dirichlet α = 0.1, a fresh
-random 5-regular graph every round (pool of 32), 15 rounds, NTK horizons τ ∈ {25, 50, 100}, each
+Default setting: Fashion-MNIST, 60 clients × 100 samples, per-client Dirichlet α = 0.1, a
+random 5-regular graph every round (from a pool of 32), 15 rounds, NTK horizons τ ∈ {25, 50, 100}, each
 algorithm at its reference hyperparameters, 8 emulated CPU devices; every algorithm at 0%, 10% and
 30% per-round link failure and at 10% per-round client dropout. Each setting is a flag
 (``--link_failures``, ``--client_dropouts``, ``--clients``, ...).
@@ -92,9 +92,11 @@ def configs() -> dict:
     from spark_tpu import simulator
 
     base = base_config()
+    stages = base.pop("spark_stages")  # SPARK's alone: another algorithm refuses it
     return {
         (algo, label): simulator.Config(
-            algorithm=algo, link_failure=link, client_dropout=drop, **base
+            algorithm=algo, link_failure=link, client_dropout=drop, **base,
+            **({"spark_stages": stages} if algo == "spark" else {}),
         )
         for algo in FLAGS.algorithms
         for label, (link, drop) in fault_settings().items()

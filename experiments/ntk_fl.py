@@ -32,7 +32,8 @@ flags.DEFINE_float("participation", 0.07, "Fraction of clients the server sample
 flags.DEFINE_float("alpha", 0.1, "Dirichlet α of the per-client label skew.")
 flags.DEFINE_integer("ntk_rounds", 20, "NTK-FL rounds.")
 flags.DEFINE_integer("fedavg_rounds", 100, "FedAvg rounds.")
-flags.DEFINE_integer("fedavg_eval_every", 2, "FedAvg evaluation period.")
+flags.DEFINE_integer("fedavg_eval_every", 1, "FedAvg evaluation period (1, as NTK-FL's, so "
+                     "rounds-to-target compare).")
 flags.DEFINE_integer("devices", 8, "Devices (0: all accelerators; on CPU, emulated).")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_float("target", 0.75, "Target accuracy for rounds/bytes-to-target.")

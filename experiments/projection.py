@@ -6,8 +6,8 @@
 
 The grid runs NTK-DFL, SPARK (default stages, no projection) and SPARK with ``--spark
 projection={gaussian,kronecker}``, ``projection_dim ∈ --ks`` and ``weight_step ∈ --modes`` on a
-reduced CPU setting (Fashion-MNIST, per-client Dirichlet α, fresh random 5-regular graph every
-round), and writes results/projection.{json,png,md}: accuracy per round and against bytes, and per
+reduced CPU setting (Fashion-MNIST, per-client Dirichlet α, a random 5-regular graph every
+round from a pool of 32), and writes results/projection.{json,png,md}: accuracy per round and against bytes, and per
 run the per-round payload per client and its reduction relative to NTK-DFL (docs/metrics.md §5 bytes).
 
 ``--bench`` measures, on the 784-100-10 MLP at its initialization with --bench_n pooled
@@ -129,7 +129,8 @@ def grid() -> None:
     cfg = next(iter(results.values()))["config"]
     text = (
         f"Fashion-MNIST, {cfg['clients']} clients × {cfg['samples_per_client']} samples, "
-        f"Dirichlet α = {cfg['alpha']}, fresh random {cfg['degree']}-regular graph per round, "
+        f"Dirichlet α = {cfg['alpha']}, a random {cfg['degree']}-regular graph per round (pool of "
+        f"{cfg['graph_pool']}), "
         f"{cfg['rounds']} rounds, MLP 784-100-10, SPARK default stages. Payload: docs/metrics.md §5 bytes "
         "sent per client per round (mean over clients and rounds).\n\n"
         + payload_table(results) + "\n\n" + _grid.table(results, FLAGS.target)

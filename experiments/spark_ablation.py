@@ -5,8 +5,8 @@
 
 Runs NTK-DFL; NTK-DFL + momentum (μ = 0.9, no regularizer: the paper says this is unstable under
 strong heterogeneity); the regularizer alone (μ = 0); and full SPARK under several stage schedules,
-all on one reduced but real setting (Fashion-MNIST, per-client Dirichlet α, fresh random regular
-graph every round), and writes results/spark_ablation.{json,png,md}.
+all on one reduced but real setting (Fashion-MNIST, per-client Dirichlet α, a random regular
+graph every round from a pool of 32), and writes results/spark_ablation.{json,png,md}.
 """
 
 from __future__ import annotations

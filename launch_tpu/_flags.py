@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from spark_tpu.simulator import ALGORITHMS, Config
+from spark_tpu.simulator import ALGORITHMS, Config, refuse_unused
 
 _D = Config()
 
@@ -26,7 +26,8 @@ flags.DEFINE_string("topology", _D.topology, "ring, star, complete, torus, regul
                     "exponential or custom.")
 flags.DEFINE_integer("degree", _D.degree, "d for --topology=regular.")
 flags.DEFINE_string("mixing", _D.mixing, "uniform (1/(deg+1), NTK-DFL) or metropolis.")
-flags.DEFINE_bool("time_varying", _D.time_varying, "A fresh random graph every round.")
+flags.DEFINE_bool("time_varying", _D.time_varying, "A random graph every round, drawn from a pool "
+                  "of --graph_pool pre-drawn graphs.")
 flags.DEFINE_integer("graph_pool", _D.graph_pool, "Pre-drawn graphs for --time_varying.")
 flags.DEFINE_float("edge_probability", _D.edge_probability, "p for --topology=erdos_renyi.")
 flags.DEFINE_string("torus_shape", None, "ROWSxCOLS for --topology=torus (default: most square).")
@@ -60,7 +61,13 @@ flags.DEFINE_bool(
     "on a shorter compacted pooled width and only the fullest neighbourhoods at full width (the "
     "same result as padding all to the largest degree, at less cost).",
 )  # fmt: skip
-flags.DEFINE_string("loss", _D.loss, "ce or mse.")
+flags.DEFINE_string("loss", _D.loss, "ce or mse (not SPARK, whose regularizer is cross-entropy).")
+flags.DEFINE_string(
+    "tau_selection", _D.tau_selection,
+    "NTK methods: how τ* is chosen. pooled: the real network's loss on the pooled data (the "
+    "reference; the candidate steps go to each neighbour and losses come back, bytes counted); "
+    "linearized: the loss of f(X; w) + J Δw_τ from the Jacobians already received (no bytes).",
+)  # fmt: skip
 flags.DEFINE_integer("seed", _D.seed, "Root seed (data split, graphs, init, sampling).")
 flags.DEFINE_integer("devices", 0, "Devices to shard clients over; 0 = all accelerators, or one "
                      "emulated CPU device per core (at most 8) when there is no accelerator.")
@@ -127,12 +134,18 @@ def config_from_flags(devices: int) -> Config:
         link_failure=f.link_failure, client_dropout=f.client_dropout, rounds=f.rounds, lr=f.lr,
         lr_decay=f.lr_decay, batch_size=f.batch_size, local_epochs=f.local_epochs,
         momentum=f.momentum, participation=f.participation, horizons=_horizons(f.horizons),
-        solver=f.solver, solver_stride=f.solver_stride, degree_buckets=f.degree_buckets, loss=f.loss, seed=f.seed, devices=devices, eval_every=f.eval_every,
+        solver=f.solver, solver_stride=f.solver_stride, degree_buckets=f.degree_buckets,
+        loss=f.loss, tau_selection=f.tau_selection, seed=f.seed, devices=devices,
+        eval_every=f.eval_every,
         local_eval_samples=f.local_eval_samples, target_accuracy=f.target_accuracy,
         checkpoint_every=f.checkpoint_every, keep_checkpoints=f.keep_checkpoints,
         spark_stages=f.spark_stages, spark_options=_spark_options(f.spark),
     )
+    refuse_unused(cfg, [FIELDS.get(name, name) for name in f if f[name].present])
     if f.small:
         small = {k: min(v, getattr(cfg, k)) for k, v in SMALL.items()}
         cfg = cfg.replace(**small)
     return cfg
+
+
+FIELDS = {"spark": "spark_options"}  # launcher flag -> Config field, where they differ

@@ -61,21 +61,49 @@ def flat_params(layers, clients=None):
 
 def ntk_step(theta, shapes, x, y, eta, horizons):
     """docs/ntk_step.md with explicit J and an accurate ODE solution at the grid points: (θ + Δθ_τ*, τ*)."""
+    residual, loss = (lambda f: softmax(f) - y), (lambda f: ce(f, y))
+    return ntk_step_with(theta, shapes, x, residual, loss, eta, horizons)
+
+
+def ntk_step_with(theta, shapes, x, residual, loss, eta, horizons):
+    """docs/ntk_step.md for any objective: ``residual(f)`` = Ñ·∂loss/∂f drives the kernel flow and τ* minimizes
+    ``loss`` of the real network on the same rows: (θ + Δθ_τ*, τ*)."""
     params = unflat(theta, shapes)
     f0, _ = forward(*params, x)
     jac = jacobian(*params, x)
     n, c, _ = jac.shape
     kernel = np.einsum("ncp,mcp->nm", jac, jac) / c
-    rhs = lambda s, f: (-(kernel @ (softmax(f.reshape(n, c)) - y)) / n).ravel()
+    rhs = lambda s, f: (-(kernel @ residual(f.reshape(n, c))) / n).ravel()
     grid = eta * np.arange(max(horizons) + 1)
     sol = solve_ivp(rhs, (0, grid[-1]), f0.ravel(), method="DOP853", t_eval=grid,
                     rtol=1e-11, atol=1e-12)
     fs = sol.y.T.reshape(-1, n, c)
     best = None
     for tau in horizons:
-        r = sum(softmax(fs[t]) - y for t in range(tau))
+        r = sum(residual(fs[t]) for t in range(tau))
         step = -(eta / n) * np.einsum("ncp,nc->p", jac, r)
-        loss = ce(forward(*unflat(theta + step, shapes), x)[0], y)
-        if best is None or loss < best[0]:
-            best = (loss, theta + step, tau)
+        value = loss(forward(*unflat(theta + step, shapes), x)[0])
+        if best is None or value < best[0]:
+            best = (value, theta + step, tau)
     return best[1], best[2]
+
+
+def log_softmax(f):
+    z = f - f.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def soft_label(y, g, lam, temp):
+    """SPARK's regularized objective (docs/spark.md §3) against one-hot y and teacher logits g:
+    (residual, loss) with residual = (1 − λ)(softmax(f) − y) + λT(softmax(f/T) − softmax(g/T)) and
+    loss = (1 − λ) CE(f, y) + λT² mean KL(softmax(g/T) ‖ softmax(f/T))."""
+
+    def residual(f):
+        return (1 - lam) * (softmax(f) - y) + lam * temp * (softmax(f / temp) - softmax(g / temp))
+
+    def loss(f):
+        lt, ls = log_softmax(g / temp), log_softmax(f / temp)
+        kl = np.sum(np.exp(lt) * (lt - ls), axis=1).mean()
+        return (1 - lam) * ce(f, y) + lam * temp**2 * kl
+
+    return residual, loss

@@ -102,7 +102,10 @@ LAUNCHER_CASES = {
                 ["--idx_dir={tmp} lacks the IDX files of 'mnist'"]),
     "divergence": (["--algorithm=dgd", "--lr=1e10", "--checkpoint_every=1"],
                    ["Round 3: client", "non-finite", "Last good checkpoint: round 2"]),
+    # LAUNCH's --horizons=4,8 with a gradient method: refused, not ignored
+    "unused_flag": (["--algorithm=dgd"], ["--horizons does nothing for --algorithm=dgd"]),
 }
+NTK_ONLY = ("--horizons",)  # LAUNCH flags that the gradient methods refuse
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +117,8 @@ def launcher_errors(tmp_path_factory):
         tmp = root / name
         tmp.mkdir()
         args = [a.format(tmp=tmp) for a in LAUNCHER_CASES[name][0]]
-        cmd = [sys.executable, "-m", "launch_tpu.main", *LAUNCH, *args, f"--output_dir={tmp}/out"]
+        launch = [a for a in LAUNCH if name != "divergence" or not a.startswith(NTK_ONLY)]
+        cmd = [sys.executable, "-m", "launch_tpu.main", *launch, *args, f"--output_dir={tmp}/out"]
         env = dict(os.environ, JAX_PLATFORMS="cpu")
         p = subprocess.run(
             cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
@@ -181,7 +185,8 @@ def test_dropped_clients_and_dead_links_carry_nothing(faulty_sim):
     sim = faulty_sim
     p = algorithms.num_params(sim.setup.params)
     n, classes = np.asarray(sim.inputs.data.mask).sum(axis=1), sim.setup.dataset.num_classes
-    per_link = 2 * p * 4 + n * (classes * (p + 1) * 4 + 4)  # models, Jacobians, labels, logits
+    h = len(FAULTY["horizons"])  # + the τ* choice: |T| candidate steps out, |T| losses back
+    per_link = 2 * p * 4 + n * (classes * (p + 1) * 4 + 4) + h * (p + 1) * 4
     dropped = failed = 0
     for _ in range(6):
         before = _host(sim.state.params)

@@ -71,7 +71,8 @@ def test_bytes_as_documented(runs):
     p = sum(int(np.prod(s)) for s in shapes)
     n = np.asarray(sim.setup.arrays.mask[:Q]).sum(axis=1)
     upload = n * (C * p * 4 + 4 + C * 4)  # Jacobian, labels (int32), logits
-    expected = np.where(metrics["sampled"] > 0, upload + 4 * p, 0.0)  # + the model w received
+    select = len(HORIZONS) * (p + 1) * 4  # the |T| candidate steps received, |T| losses returned
+    expected = np.where(metrics["sampled"] > 0, upload + 4 * p + select, 0.0)  # + w received
     np.testing.assert_allclose(metrics["bytes_sent"], expected, rtol=1e-6)
     loss = metrics["train_loss"]
     assert np.isnan(loss[metrics["sampled"] == 0]).all() and np.isfinite(loss[metrics["sampled"] > 0]).all()

@@ -156,3 +156,32 @@ def test_batch_map_strategies_agree():
         np.testing.assert_allclose(out.losses, outs[0].losses, rtol=1e-12)
     with pytest.raises(ValueError, match="Unknown strategy"):
         batch_map(step, stacked, xs, strategy="pmap")
+
+
+def test_linearized_selection_scores_f0_plus_explicit_j_delta():
+    """``selection="linearized"``: τ* minimizes the loss of f(X; w) + J Δw_τ, J materialized."""
+    x, y, mask = _problem(seed=1)
+    model = MLP((6,), hidden=(8,), num_classes=3, key=jax.random.key(1), dtype=F64)
+    objective = cross_entropy(y, mask)
+    eta, horizons = 2.0, (0, 5, 15, 40)
+    step = lambda m, sel: ntk_evolution_step(  # noqa: E731
+        m, x, objective, mask, eta=eta, horizons=horizons, selection=sel
+    )
+    new, info = jax.jit(lambda m: step(m, "linearized"))(model)
+    _, pooled = jax.jit(lambda m: step(m, "pooled"))(model)
+    jac = np.asarray(jax.jit(materialized_jacobian)(model, x))  # [N, C, P]
+    f0 = np.asarray(jax.vmap(model)(x))
+    flat0, unravel = ravel_pytree(eqx.filter(model, eqx.is_array))
+    n_valid = int(mask.sum())
+    sol = jax.jit(lambda k: solve_function_space(
+        k, jnp.asarray(f0), objective.residual, eta=eta, horizons=horizons, num_samples=n_valid
+    ))(jax.jit(trace_kernel_materialized)(model, x, mask))
+    want = []
+    for h in range(len(horizons)):
+        delta = -eta / n_valid * np.einsum("ncp,nc->p", jac, np.asarray(sol.residual_sums[h]))
+        want.append(float(objective.loss(jnp.asarray(f0 + np.einsum("ncp,p->nc", jac, delta)))))
+    np.testing.assert_allclose(info.losses, want, rtol=1e-10)
+    assert int(info.tau_index) == int(np.argmin(want))
+    assert not np.allclose(info.losses, pooled.losses)  # a different score than the real network
+    with pytest.raises(ValueError, match="selection='nearest'"):
+        step(model, "nearest")

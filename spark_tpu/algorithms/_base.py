@@ -89,6 +89,15 @@ def cross_entropy(logits: Float[Array, "n c"], labels: Int[Array, " n"], mask) -
     return masked_mean(nll, mask)
 
 
+def squared_error(logits: Float[Array, "n c"], labels: Int[Array, " n"], mask) -> Float[Array, ""]:
+    """Mean over unmasked samples of ½‖f − onehot(y)‖² (the NTK methods' --loss=mse)."""
+    target = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return masked_mean(0.5 * jnp.sum(jnp.square(logits - target), axis=-1), mask)
+
+
+LOSSES = {"ce": cross_entropy, "mse": squared_error}
+
+
 def client_keys(key: Array, client_ids: Int[Array, " slots"]) -> Array:
     """One key per client, folded with its global id: the same on any device layout."""
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(client_ids)

@@ -17,11 +17,11 @@ from ._base import (
 from ._local import local_sgd, minibatch_grad
 
 
-def _sgd_step(model: Model, lr: float, batch_size: int):
+def _sgd_step(model: Model, lr: float, batch_size: int, loss_name: str = "ce"):
     """adapt(params, data, key) -> (params − lr·∇L on a minibatch, loss)."""
 
     def adapt(params, x, y, mask, key):
-        loss, g = minibatch_grad(model, params, x, y, mask, key, batch_size)
+        loss, g = minibatch_grad(model, params, x, y, mask, key, batch_size, loss_name)
         return jax.tree.map(lambda p, d: p - lr * d, params, g), loss, g
 
     return adapt
@@ -37,15 +37,17 @@ def _bytes(params, ctx: RoundContext):
     return alive_degree(ctx) * model_bytes(one)
 
 
-def consensus(model: Model, *, lr: float, batch_size: int, order: str = "dgd") -> Algorithm:
+def consensus(
+    model: Model, *, lr: float, batch_size: int, order: str = "dgd", loss: str = "ce"
+) -> Algorithm:
     """DGD (seed eq. 4), ATC (eq. 5) or CTA (eq. 6) with one minibatch gradient step per round.
 
     dgd: θ_q ← Σ_r W_qr θ_r − η ∇L_q(θ_q);  atc: θ_q ← Σ_r W_qr (θ_r − η ∇L_r(θ_r));
-    cta: θ_q ← ψ_q − η ∇L_q(ψ_q) with ψ_q = Σ_r W_qr θ_r.
+    cta: θ_q ← ψ_q − η ∇L_q(ψ_q) with ψ_q = Σ_r W_qr θ_r. ``loss``: ce or mse.
     """
     if order not in ("dgd", "atc", "cta"):
         raise ValueError(f"order must be dgd, atc or cta, not {order!r}")
-    adapt = _sgd_step(model, lr, batch_size)
+    adapt = _sgd_step(model, lr, batch_size, loss)
 
     def round_(state: ParamsState, ctx: RoundContext):
         keys = client_keys(ctx.key, ctx.client_ids)
@@ -64,7 +66,8 @@ def consensus(model: Model, *, lr: float, batch_size: int, order: str = "dgd") -
 
 
 def dfedavg(
-    model: Model, *, lr: float, batch_size: int, local_epochs: int, momentum: float = 0.0
+    model: Model, *, lr: float, batch_size: int, local_epochs: int, momentum: float = 0.0,
+    loss: str = "ce",
 ) -> Algorithm:
     """DFedAvg (momentum 0) / DFedAvgM: local SGD epochs from θ_q, then θ_q ← Σ_r W_qr θ_r.
 
@@ -72,7 +75,8 @@ def dfedavg(
     """
     optimizer = optax.sgd(lr, momentum=momentum if momentum else None)
     train = functools.partial(
-        local_sgd, model, optimizer=optimizer, epochs=local_epochs, batch_size=batch_size
+        local_sgd, model, optimizer=optimizer, epochs=local_epochs, batch_size=batch_size,
+        loss=loss,
     )
 
     def round_(state: ParamsState, ctx: RoundContext):

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._base import Model, cross_entropy
+from ._base import LOSSES, Model
 
 
 def _order(key, mask):
@@ -15,18 +15,23 @@ def _order(key, mask):
     return jnp.argsort(jnp.where(mask, u, 2.0)).astype(jnp.int32)
 
 
-def loss_and_grad(model: Model, params, x, y, mask):
-    """Mean cross-entropy of the batch and its gradient."""
-    return jax.value_and_grad(lambda p: cross_entropy(model.apply(p, x), y, mask))(params)
+def loss_and_grad(model: Model, params, x, y, mask, loss: str = "ce"):
+    """Mean loss of the batch (``ce``: cross-entropy, ``mse``: ½‖f − onehot(y)‖²) and its
+    gradient."""
+    fn = LOSSES[loss]
+    return jax.value_and_grad(lambda p: fn(model.apply(p, x), y, mask))(params)
 
 
-def minibatch_grad(model: Model, params, x, y, mask, key, batch_size: int):
+def minibatch_grad(model: Model, params, x, y, mask, key, batch_size: int, loss: str = "ce"):
     """Loss and gradient on ``batch_size`` samples drawn without replacement from the valid ones."""
     idx = _order(key, mask)[:batch_size]
-    return loss_and_grad(model, params, x[idx], y[idx], mask[idx])
+    return loss_and_grad(model, params, x[idx], y[idx], mask[idx], loss)
 
 
-def local_sgd(model: Model, params, x, y, mask, key, optimizer, epochs: int, batch_size: int):
+def local_sgd(
+    model: Model, params, x, y, mask, key, optimizer, epochs: int, batch_size: int,
+    loss: str = "ce",
+):
     """``epochs`` passes of minibatch training with ``optimizer`` (state fresh each call).
 
     Returns the new params and the mean loss of the first epoch's batches.
@@ -44,9 +49,9 @@ def local_sgd(model: Model, params, x, y, mask, key, optimizer, epochs: int, bat
         def step(c, b):
             p, s = c
             idx, ok = b
-            loss, g = loss_and_grad(model, p, x[idx], y[idx], mask[idx] & ok)
+            value, g = loss_and_grad(model, p, x[idx], y[idx], mask[idx] & ok, loss)
             updates, s = optimizer.update(g, s, p)
-            return (optax.apply_updates(p, updates), s), loss
+            return (optax.apply_updates(p, updates), s), value
 
         (p, opt_state), losses = jax.lax.scan(step, (p, opt_state), (order, valid))
         return (p, opt_state), jnp.mean(losses)

@@ -36,9 +36,13 @@ How the simulator runs it inside the sharded round (L client slots per device):
 
 Bytes (docs/ntk_fl.md §4), per client row, both directions of its link with the server, as FedAvg counts
 them: a sampled client receives w (P floats) and uploads its Jacobian (n·C·P floats), labels (n
-int32) and logits (n·C floats); unsampled clients send and receive nothing. The server sends the
-model only to the clients it samples (they need it for their Jacobians); the simulator copies the
-new model into every slot for evaluation only, and that copy is not counted.
+int32) and logits (n·C floats); unsampled clients send and receive nothing. Choosing τ* with the
+real network on the pooled data (``tau_selection="pooled"``, the reference) needs the clients'
+data, which the server does not hold: it sends each sampled client the |T| candidate steps (|T|·P
+floats) and the client returns its loss sum for each (|T| floats). ``tau_selection="linearized"``
+scores f(X; w) + J Δw_τ from the Jacobians the server already holds: no extra bytes. The server
+sends the model only to the clients it samples (they need it for their Jacobians); the simulator
+copies the new model into every slot for evaluation only, and that copy is not counted.
 
 Metrics: ``tau`` is τ* on every client (each holds the model evolved for τ*), so the simulator's
 horizon histogram counts client-rounds (Q per round), like NTK-DFL's; ``train_loss`` is the loss
@@ -120,7 +124,8 @@ def _gather_sampled(ctx: RoundContext, chosen, position, count: int):
 
 
 def _server_step(
-    model: Model, w, pooled, *, num_classes, eta, horizons, solver, make_objective, stride
+    model: Model, w, pooled, *, num_classes, eta, horizons, solver, make_objective, stride,
+    selection,
 ):
     """The NTK step (docs/ntk_step.md) from w on the pooled data: (w + Δw_τ*, τ*, loss of w,
     (solver products, 1 if the fixed-step solver was flagged else 0))."""
@@ -128,7 +133,8 @@ def _server_step(
     objective = make_objective(jax.nn.one_hot(y, num_classes, dtype=x.dtype), mask)
     net = eqx.combine(w, model.static)
     new, info = ntk.ntk_evolution_step(
-        net, x, objective, mask, eta=eta, horizons=horizons, solver=solver, stride=stride
+        net, x, objective, mask, eta=eta, horizons=horizons, solver=solver, stride=stride,
+        selection=selection,
     )
     solved = (info.solver_products, info.solver_flagged.astype(jnp.int32))
     return eqx.partition(new, eqx.is_array)[0], info.tau, info.initial_loss, solved
@@ -148,19 +154,25 @@ def _on_server_device(step, is_server, replicate: bool):
     return gossip.client_sum(jax.tree.map(lambda v: v[None], out))
 
 
-def ntk_fl_bytes(ctx: RoundContext, chosen, params_one, num_classes: int):
-    """Protocol bytes on each client's link with the server (docs/ntk_fl.md §4): a sampled client receives
-    w (P floats) and uploads its Jacobian (n·C·P floats), labels (n) and logits (n·C); others 0."""
+def ntk_fl_bytes(
+    ctx: RoundContext, chosen, params_one, num_classes: int, num_horizons: int = 0,
+    tau_selection: str = "pooled",
+):
+    """Protocol bytes on each client's link with the server (docs/ntk_fl.md §4): a sampled client
+    receives w (P floats) and uploads its Jacobian (n·C·P floats), labels (n) and logits (n·C); with
+    ``tau_selection="pooled"`` it also receives the |T| candidate steps and returns |T| losses
+    (|T|·(P + 1) floats); others 0."""
     p = num_params(params_one)
     n = jnp.sum(ctx.data.mask, axis=1).astype(jnp.float32)
     upload = n * (num_classes * (p + 1) * BYTES_PER_FLOAT + BYTES_PER_LABEL)
-    return jnp.where(chosen, upload + p * BYTES_PER_FLOAT, 0.0)
+    select = num_horizons * (p + 1) * BYTES_PER_FLOAT if tau_selection == "pooled" else 0
+    return jnp.where(chosen, upload + p * BYTES_PER_FLOAT + select, 0.0)
 
 
 def ntk_fl(
     model: Model, *, num_clients: int, num_classes: int, participation: float = 0.07,
     eta: float = 0.01, horizons=NTK_FL_HORIZONS, solver: str = "adaptive", loss: str = "ce",
-    replicate_server: bool = False, solver_stride: int = 1,
+    replicate_server: bool = False, solver_stride: int = 1, tau_selection: str = "pooled",
 ) -> Algorithm:
     """NTK-FL (docs/ntk_fl.md §1) with a constant step η and the server step on one device.
 
@@ -175,6 +187,7 @@ def ntk_fl(
         loss: "ce" or "mse".
         replicate_server: run the server step on every device (measurement only).
         solver_stride: grid intervals per solver step after the first 32.
+        tau_selection: "pooled" (the real network on the sampled clients' data) or "linearized".
     """
     count = max(1, round(participation * num_clients))
     make_objective = ntk.cross_entropy if loss == "ce" else ntk.mse
@@ -182,7 +195,7 @@ def ntk_fl(
         solver = "mse_closed_form"
     options = {
         "num_classes": num_classes, "eta": eta, "horizons": tuple(horizons), "solver": solver,
-        "make_objective": make_objective, "stride": solver_stride,
+        "make_objective": make_objective, "stride": solver_stride, "selection": tau_selection,
     }
 
     def round_(state: NTKFLState, ctx: RoundContext):
@@ -203,7 +216,9 @@ def ntk_fl(
             "sampled": chosen.astype(jnp.float32),
             "solver_products": jnp.broadcast_to(solved[0], (slots,)),
             "solver_flagged": jnp.broadcast_to(solved[1], (slots,)),
-            "bytes_sent": ntk_fl_bytes(ctx, chosen, w, num_classes),
+            "bytes_sent": ntk_fl_bytes(
+                ctx, chosen, w, num_classes, len(tuple(horizons)), tau_selection
+            ),
         }
         return NTKFLState(params, jnp.full((slots,), ctx.round, jnp.int32)), metrics
 

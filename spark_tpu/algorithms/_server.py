@@ -29,13 +29,14 @@ def _broadcast(tree, like):
 
 def fedavg(
     model: Model, *, num_clients: int, lr: float, batch_size: int, local_epochs: int,
-    participation: float, momentum: float = 0.0,
+    participation: float, momentum: float = 0.0, loss: str = "ce",
 ) -> Algorithm:
     """FedAvg: sampled clients train locally from the global model; the server averages them
     weighted by sample count and broadcasts the result to everyone."""
     optimizer = optax.sgd(lr, momentum=momentum if momentum else None)
     train = functools.partial(
-        local_sgd, model, optimizer=optimizer, epochs=local_epochs, batch_size=batch_size
+        local_sgd, model, optimizer=optimizer, epochs=local_epochs, batch_size=batch_size,
+        loss=loss,
     )
 
     def round_(state: ParamsState, ctx: RoundContext):
@@ -58,15 +59,18 @@ def fedavg(
     return Algorithm(init=ParamsState, round=round_)
 
 
-def centralized(model: Model, *, num_clients: int, lr: float, batch_size: int) -> Algorithm:
+def centralized(
+    model: Model, *, num_clients: int, lr: float, batch_size: int, loss: str = "ce"
+) -> Algorithm:
     """Centralized SGD on the pooled data: one step per round on the union of every client's
     minibatch (batch_size per client). No communication is counted: it is the reference."""
+    loss_name = loss
 
     def round_(state: ParamsState, ctx: RoundContext):
         d = ctx.data
         keys = client_keys(ctx.key, ctx.client_ids)
         loss, grads = jax.vmap(
-            lambda p, x, y, m, k: minibatch_grad(model, p, x, y, m, k, batch_size)
+            lambda p, x, y, m, k: minibatch_grad(model, p, x, y, m, k, batch_size, loss_name)
         )(state.params, d.x, d.y, d.mask, keys)
         w = ctx.real.astype(jnp.float32)
         mean = gossip.client_sum(

@@ -27,7 +27,7 @@ from spark_tpu.ntk._projection import back_project_with, project_jacobian_with, 
 
 from ._base import BYTES_PER_FLOAT, Algorithm, Model, RoundContext, alive_degree, num_params
 from ._ntk_dfl import (
-    bucket_rows, evolve_clients, map_clients, ntk_dfl_bytes, pool_neighbourhood,
+    bucket_rows, evolve_clients, map_clients, ntk_dfl_bytes, pool_neighbourhood, selection_bytes,
 )
 from ._stages import parse_stages
 
@@ -114,7 +114,9 @@ def _projection_step(model: Model, start, ctx: RoundContext, opts: dict) -> dict
 def _pool_with_teacher(
     model: Model, averaged, ctx, teacher: str, client_batch: int, compact: bool
 ):
-    """The pooled neighbourhood and the teacher's logits g on its rows, in one exchange."""
+    """The pooled neighbourhood and the teacher's logits g on its rows, in one exchange: averaged,
+    f(X_Sq; w̄_q); neighbor, block by block f(X_j; w̄_j), the model j holds after this round's
+    averaging."""
     if teacher == "averaged":  # g = f(X_Sq; w̄_q)
         pooled, _ = pool_neighbourhood(ctx, compact=compact)
         return pooled, map_clients(model.apply, (averaged, pooled.x), client_batch)
@@ -126,7 +128,7 @@ def spark(
     model: Model, *, num_classes: int, stages: str = "", rounds: int, options: dict | None = None,
     eta0: float = 0.01, lr_decay: float = 0.07, horizons=(100, 200, 400, 600, 800),
     solver: str = "adaptive", loss: str = "ce", client_batch: int = 0, solver_stride: int = 1,
-    buckets: tuple[int, int] | None = None,
+    buckets: tuple[int, int] | None = None, tau_selection: str = "pooled",
 ) -> Algorithm:
     """SPARK. Per round k, with (λ, T, μ) from the stage schedule at k:
 
@@ -138,10 +140,25 @@ def spark(
     ``options``: ``momentum`` (nesterov | heavy_ball), ``buffer`` (local | gossip), ``teacher``
     (averaged | neighbor), ``projection`` (none | gaussian | kronecker), ``projection_dim`` (k per
     layer), ``weight_step`` (exact | backproject); see the module docstring for the projection.
+    ``tau_selection``: ``pooled`` or ``linearized``, as for NTK-DFL (`selection_bytes`).
+
+    Metrics: ``train_loss`` is the plain cross-entropy at u_q on the pooled data (what NTK-DFL
+    reports at w̄_q); ``objective`` is the regularized loss there, the one the step minimizes.
     """
-    del loss  # SPARK's regularizer is defined for cross-entropy.
+    if loss != "ce":
+        raise ValueError(
+            f"--loss={loss}: SPARK's soft-label regularizer is defined for cross-entropy; "
+            "use --loss=ce."
+        )
     schedule = parse_stages(stages or DEFAULT_STAGES, rounds)
     opts = resolve_options(options or {})
+    exact_projected = opts["projection"] != "none" and opts["weight_step"] == "exact"
+    if tau_selection == "linearized" and exact_projected:
+        raise ValueError(
+            "--tau_selection=linearized with --spark=weight_step=exact: q holds only J·P, and the "
+            "exact Δw_τ is not in the projected subspace, so J Δw_τ would need another exchange; "
+            "use --tau_selection=pooled or --spark=weight_step=backproject."
+        )
     eta = ntk.lr_schedule(eta0, lr_decay)
 
     def round_(state: SparkState, ctx: RoundContext):
@@ -163,19 +180,23 @@ def spark(
             model, start, pooled, objective, eta=eta(ctx.round), num_classes=num_classes,
             horizons=tuple(horizons), solver=solver, client_batch=client_batch,
             step_options={**_projection_step(model, start, ctx, opts), "stride": solver_stride},
-            buckets=bucket_rows(buckets, ctx),
+            buckets=bucket_rows(buckets, ctx), tau_selection=tau_selection,
+        )
+        labels = jax.nn.one_hot(pooled.y, num_classes, dtype=pooled.x.dtype)
+        plain = jax.vmap(lambda f, y, m: ntk.cross_entropy(y, m).loss(f))(
+            map_clients(model.apply, (start, pooled.x), client_batch), labels, pooled.mask
         )
         if not nesterov:
             new = jax.tree.map(lambda w, v: w + hp["mu"] * v, new, buf)
         velocity = jax.tree.map(jnp.subtract, new, averaged)
         metrics = {
-            "train_loss": info.initial_loss, "tau": info.tau,
+            "train_loss": plain, "objective": info.initial_loss, "tau": info.tau,
             "solver_products": info.solver_products, "solver_flagged": info.solver_flagged,
             "lam": jnp.broadcast_to(hp["lam"], info.tau.shape),
             "mu": jnp.broadcast_to(hp["mu"], info.tau.shape),
             "bytes_sent": _bytes(
                 ctx, state.params, num_classes, hp, opts, model=model, pooled=pooled,
-                num_horizons=len(tuple(horizons)),
+                num_horizons=len(tuple(horizons)), tau_selection=tau_selection,
             ),
         }
         return SparkState(new, velocity), metrics
@@ -184,21 +205,36 @@ def spark(
 
 
 def _bytes(ctx: RoundContext, params, num_classes: int, hp, opts, *, model=None, pooled=None,
-           num_horizons: int = 1):
+           num_horizons: int = 1, tau_selection: str = "pooled"):
+    """Bytes each client sends in a SPARK round (docs/spark.md §8, docs/metrics.md §5), on top of NTK-DFL's exchange at the
+    Jacobian point u_q (`ntk_dfl_bytes`, or `_projected_bytes`) and the choice of τ*
+    (`selection_bytes`):
+
+    - averaged teacher with λ > 0 and a Nesterov look-ahead (μ > 0): the neighbour needs w̄_q as
+      well as u_q (3 models per edge) and returns the teacher logits f(X_j; w̄_q) (n·C floats)
+      beside its logits at u_q. With heavy-ball (or μ = 0) u_q = w̄_q, so the teacher logits are
+      the logits already sent with the Jacobian: nothing extra;
+    - neighbour teacher with λ > 0: each neighbour also returns its own model's logits on its own
+      data (n·C floats), whatever the momentum;
+    - ``buffer=gossip``: the momentum buffer is mixed like the weights (one more model per edge).
+    """
     one = jax.tree.map(lambda p: p[0], params)
     if opts["projection"] == "none":
         base = ntk_dfl_bytes(ctx, one, num_classes)
     else:
         base = _projected_bytes(ctx, one, num_classes, opts, model, pooled, num_horizons)
+    base = base + selection_bytes(ctx, one, num_horizons, tau_selection)
     deg = alive_degree(ctx)
     n = jnp.sum(ctx.data.mask, axis=1).astype(jnp.float32)
-    logits = deg * n * num_classes * BYTES_PER_FLOAT
-    # Teacher logits at w̄ cost extra only when the Jacobians are taken elsewhere (μ > 0) or the
-    # teacher is each neighbour's own model.
-    needs = (hp["lam"] > 0) & ((hp["mu"] > 0) | (opts["teacher"] == "neighbor"))
-    extra = jnp.where(needs, logits, 0.0)
+    p = num_params(one)
+    lam_on = hp["lam"] > 0
+    lookahead = (hp["mu"] > 0) if opts["momentum"] == "nesterov" else False
+    if opts["teacher"] == "averaged":
+        extra = jnp.where(lam_on & lookahead, deg * (p + n * num_classes) * BYTES_PER_FLOAT, 0.0)
+    else:
+        extra = jnp.where(lam_on, deg * n * num_classes * BYTES_PER_FLOAT, 0.0)
     if opts["buffer"] == "gossip":
-        extra = extra + deg * num_params(one) * BYTES_PER_FLOAT
+        extra = extra + deg * p * BYTES_PER_FLOAT
     return base + extra
 
 

@@ -62,15 +62,30 @@ def weight_steps(
     )
 
 
+SELECTIONS = ("pooled", "linearized")
+
+
 def select_horizon(
     params: PyTree,
     apply: Callable[[PyTree, Array], Array],
     x: Array,
     deltas: PyTree,
     objective: Objective,
+    selection: str = "pooled",
 ) -> tuple[Int[Array, ""], Float[Array, " horizons"]]:
-    """``τ* = argmin_τ loss(f(X; w + Δw_τ))`` with the real network (docs/ntk_step.md §5); NaN never wins."""
-    losses = jax.vmap(lambda d: objective.loss(apply(eqx.apply_updates(params, d), x)))(deltas)
+    """``τ* = argmin_τ loss(·)`` over the candidate steps; NaN never wins.
+
+    ``selection="pooled"`` (docs/ntk_step.md §5): the loss of the real network ``f(X; w + Δw_τ)``.
+    ``selection="linearized"``: the loss of the linearized model ``f(X; w) + J Δw_τ`` (one JVP per
+    horizon), which a client can evaluate from the Jacobians it already holds.
+    """
+    if selection == "linearized":
+        f0, jvp = jax.linearize(lambda p: apply(p, x), params)
+        losses = jax.vmap(lambda d: objective.loss(f0 + jvp(d)))(deltas)
+    elif selection == "pooled":
+        losses = jax.vmap(lambda d: objective.loss(apply(eqx.apply_updates(params, d), x)))(deltas)
+    else:
+        raise ValueError(f"selection={selection!r}: choose one of {', '.join(SELECTIONS)}.")
     safe = jnp.where(jnp.isnan(losses), jnp.asarray(jnp.inf, losses.dtype), losses)
     return jnp.argmin(safe).astype(jnp.int32), losses
 
@@ -99,6 +114,7 @@ def ntk_evolution_step(
     solver: str = ADAPTIVE,
     kernel_fn: Callable[..., Array] = trace_kernel,
     linearize_fn: Callable[..., tuple[Array, Callable[[Array], PyTree]]] | None = None,
+    selection: str = "pooled",
     **solver_options,
 ) -> tuple[eqx.Module, StepInfo]:
     """One NTK evolution step linearized at `model` on one pooled dataset (docs/ntk_step.md §1).
@@ -123,6 +139,7 @@ def ntk_evolution_step(
             computed once for the kernel and the weight step).
         **solver_options: static options of `solve_function_space` (``stride``, ``substeps``,
             ``rtol``, ...; ignored by ``"mse_closed_form"``).
+        selection: how τ* is chosen, see `select_horizon` (``"pooled"``: the real network).
 
     Returns:
         ``(w + Δw_τ*, StepInfo)``.
@@ -142,7 +159,7 @@ def ntk_evolution_step(
         kernel, f0, objective, n, eta=eta, horizons=horizons, solver=solver, **solver_options
     )
     deltas = weight_steps(vjp_fn, solution.residual_sums, eta=eta, num_samples=n)
-    index, losses = select_horizon(params, apply, x, deltas, objective)
+    index, losses = select_horizon(params, apply, x, deltas, objective, selection)
     chosen = jax.tree.map(lambda d: d[index], deltas)
     info = StepInfo(
         tau_index=index,

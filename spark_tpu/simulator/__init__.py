@@ -3,7 +3,9 @@
 from ._build import REFERENCE as REFERENCE
 from ._build import hyperparameters as hyperparameters
 from ._config import ALGORITHMS as ALGORITHMS
+from ._config import APPLIES as APPLIES
 from ._config import Config as Config
+from ._config import refuse_unused as refuse_unused
 from ._outputs import read_metrics as read_metrics
 from ._predict import predict as predict
 from ._run import DivergenceError as DivergenceError

@@ -47,19 +47,21 @@ def make_algorithm(
     hp = hyperparameters(cfg)
     a = cfg.algorithm
     if a in ("dgd", "atc", "cta"):
-        return algorithms.consensus(model, lr=hp["lr"], batch_size=hp["batch_size"], order=a)
+        return algorithms.consensus(
+            model, lr=hp["lr"], batch_size=hp["batch_size"], order=a, loss=cfg.loss
+        )
     if a in ("dfedavg", "dfedavgm"):
-        return algorithms.dfedavg(model, **hp)
+        return algorithms.dfedavg(model, **hp, loss=cfg.loss)
     if a == "fedavg":
         return algorithms.fedavg(
-            model, num_clients=cfg.clients, participation=cfg.participation, **hp
+            model, num_clients=cfg.clients, participation=cfg.participation, **hp, loss=cfg.loss
         )
     if a == "centralized":
-        return algorithms.centralized(model, num_clients=cfg.clients, **hp)
+        return algorithms.centralized(model, num_clients=cfg.clients, **hp, loss=cfg.loss)
     ntk_options = dict(
         num_classes=num_classes, eta0=hp["lr"], lr_decay=cfg.lr_decay, horizons=cfg.horizons,
         solver=cfg.solver, loss=cfg.loss, client_batch=cfg.client_batch,
-        solver_stride=cfg.solver_stride,
+        solver_stride=cfg.solver_stride, tau_selection=cfg.tau_selection,
     )
     if a in ("ntk_dfl", "spark") and cfg.degree_buckets and plan is not None:
         ntk_options["buckets"] = topology.degree_buckets(plan)
@@ -82,7 +84,7 @@ def make_algorithm(
         return algorithms.ntk_fl(
             model, num_clients=cfg.clients, num_classes=num_classes,
             participation=cfg.participation, eta=hp["lr"], solver=cfg.solver, loss=cfg.loss,
-            solver_stride=cfg.solver_stride,
+            solver_stride=cfg.solver_stride, tau_selection=cfg.tau_selection,
             horizons=algorithms.NTK_FL_HORIZONS if left_default else cfg.horizons,
         )
     raise ValueError(f"--algorithm={a} is not available yet.")

@@ -17,6 +17,56 @@ MODELS = ("mlp", "cnn", "ntk_mlp")
 LOSSES = ("ce", "mse")
 # "adaptive" (error-controlled RK4) or a fixed-step key of spark_tpu.ntk.TABLEAUX
 SOLVERS = ("adaptive", "rk4", "bosh3", "dopri5", "midpoint", "euler", "rkc4", "rkc6")
+TAU_SELECTIONS = ("pooled", "linearized")  # how the NTK step picks τ* (algorithms.selection_bytes)
+
+GRADIENT = ("dgd", "atc", "cta", "dfedavg", "dfedavgm", "fedavg", "centralized")
+NTK = ("ntk_dfl", "spark", "ntk_fl")
+GRAPH = ("dgd", "atc", "cta", "dfedavg", "dfedavgm", "ntk_dfl", "spark")  # gossip over a graph
+# Which algorithms each algorithm-specific option changes (a flag not listed applies to every
+# algorithm: data, model, rounds, seed, evaluation, devices, checkpoints). `refuse_unused` stops a
+# run that sets one of these for another algorithm, instead of silently ignoring it.
+APPLIES = {
+    "topology": (GRAPH, "the server algorithms use no graph"),
+    "degree": (GRAPH, "the server algorithms use no graph"),
+    "mixing": (GRAPH, "the server algorithms use no graph"),
+    "time_varying": (GRAPH, "the server algorithms use no graph"),
+    "graph_pool": (GRAPH, "the server algorithms use no graph"),
+    "edge_probability": (GRAPH, "the server algorithms use no graph"),
+    "torus_shape": (GRAPH, "the server algorithms use no graph"),
+    "topology_file": (GRAPH, "the server algorithms use no graph"),
+    "link_failure": (GRAPH, "the server algorithms use no graph links"),
+    "client_dropout": (GRAPH + ("fedavg", "ntk_fl"), "centralized SGD has no clients to drop"),
+    "lr_decay": (("ntk_dfl", "spark"), "only NTK-DFL and SPARK decay η (NTK-FL's η is constant)"),
+    "batch_size": (GRADIENT, "the NTK methods use every sample"),
+    "local_epochs": (("dfedavg", "dfedavgm", "fedavg"), "only DFedAvg(M) and FedAvg train locally"),
+    "momentum": (("dfedavg", "dfedavgm", "fedavg"), "it is the local SGD momentum of "
+                 "DFedAvg(M)/FedAvg (SPARK's μ is set in --spark_stages)"),
+    "participation": (("fedavg", "ntk_fl"), "only FedAvg and NTK-FL sample clients"),
+    "horizons": (NTK, "only the NTK methods have horizons"),
+    "solver": (NTK, "only the NTK methods solve a function-space flow"),
+    "solver_stride": (NTK, "only the NTK methods solve a function-space flow"),
+    "client_batch": (NTK, "only the NTK methods batch their evolution steps"),
+    "tau_selection": (NTK, "only the NTK methods choose a horizon τ*"),
+    "degree_buckets": (("ntk_dfl", "spark"), "only NTK-DFL and SPARK pool neighbourhood data"),
+    "loss": (GRADIENT + ("ntk_dfl", "ntk_fl"), "SPARK's soft-label regularizer is defined for "
+             "cross-entropy"),
+    "spark_stages": (("spark",), "it configures SPARK only"),
+    "spark_options": (("spark",), "it configures SPARK only"),
+}
+FLAG_NAMES = {"spark_options": "spark"}  # Config field -> launcher flag, where they differ
+
+
+def refuse_unused(cfg: "Config", given) -> None:
+    """Raises a one-line ValueError for the first flag in ``given`` (Config field names the user
+    set) that would not change a run of ``cfg.algorithm``."""
+    for name in given:
+        flag = "--" + FLAG_NAMES.get(name, name)
+        if name in APPLIES and cfg.algorithm not in APPLIES[name][0]:
+            raise ValueError(f"{flag} does nothing for --algorithm={cfg.algorithm}: "
+                             f"{APPLIES[name][1]}; remove it.")
+        if name in ("solver", "solver_stride") and cfg.loss == "mse":
+            raise ValueError(f"{flag} does nothing with --loss=mse: the MSE flow is solved in "
+                             "closed form; remove it.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +106,7 @@ class Config:
     client_batch: int = 0  # NTK: 0 = by platform (map on CPU, vmap on GPU/TPU); k = batches of k
     degree_buckets: bool = True  # NTK-DFL/SPARK: two pooled widths on uneven-degree graphs
     loss: str = "ce"
+    tau_selection: str = "pooled"  # NTK: τ* by the real network on the pooled data, or linearized
     seed: int = 0
     devices: int = 8
     mesh: str = "auto"  # auto | flat | 2d: a torus tiled on a 2-D device mesh (topology docs)
@@ -74,6 +125,7 @@ class Config:
         _choice("--partition", self.partition, PARTITIONS)
         _choice("--model", self.model, MODELS)
         _choice("--loss", self.loss, LOSSES)
+        _choice("--tau_selection", self.tau_selection, TAU_SELECTIONS)
         _positive("--clients", self.clients, minimum=2)
         _positive("--samples_per_client", self.samples_per_client)
         _positive("--rounds", self.rounds)
@@ -107,12 +159,17 @@ class Config:
             )
         if not 0.0 < self.target_accuracy <= 1.0:
             raise ValueError(f"--target_accuracy={self.target_accuracy}: must be in (0, 1].")
+        refuse_unused(self, [k for k in ("loss", "spark_stages", "spark_options")
+                             if getattr(self, k) != _DEFAULTS[k]])
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 
 
 def _choice(flag: str, value: str, allowed) -> None:
