@@ -51,7 +51,7 @@ RUN_FLAGS = {  # field: (base settings where the option matters, another value)
     "participation": ({}, 0.75),
     "horizons": ({}, (2, 6)),
     "solver": ({}, "euler"),
-    "solver_stride": ({"horizons": (2, 40)}, 2),  # strides start after grid step 32
+    "solver_stride": ({"horizons": (2, 40), "solver": "rk4"}, 2),  # strides start after step 32
     "tau_selection": ({}, "linearized"),
     "loss": ({}, "mse"),
     "spark_stages": ({}, "0: lam=0.5, T=2, mu=0.5"),
