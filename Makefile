@@ -13,9 +13,10 @@ data:
 	  || echo "Could not install dataset-fashion-mnist; tfds will try to download instead."
 	$(PYTHON) -m spark_tpu.data.prepare --dataset=fashion_mnist
 
+# --overwrite: a second `make demo` replaces the first one's finished run.
 demo: setup data
 	$(PYTHON) -m launch_tpu.main --flagfile=experiments/presets/quickstart.flags \
-	  --output_dir=runs/quickstart
+	  --output_dir=runs/quickstart --overwrite
 
 test: setup
 	@[ -d $(FMNIST) ] || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \

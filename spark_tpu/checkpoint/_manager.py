@@ -156,6 +156,34 @@ def check_consistent(step: int, round_counter: int, meta: dict) -> None:
         raise InconsistentCheckpoint(f"inconsistent with its step {step}: " + "; ".join(problems))
 
 
+def _path(workdir: str) -> epath.Path:
+    return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
+
+
+def _steps_on_disk(directory: epath.Path) -> list[int]:
+    """Committed steps (Orbax renames a checkpoint to its bare step number on commit)."""
+    if not directory.exists():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def _refuse_existing(workdir: epath.Path) -> None:
+    """Raises if ``workdir/ckpt`` holds checkpoints, saying whether their run finished."""
+    directory = workdir / "ckpt"
+    steps = _steps_on_disk(directory)
+    if not steps:
+        return
+    latest = steps[-1]
+    try:
+        saved = json.loads((directory / str(latest) / "meta" / "metadata").read_text())
+        rounds = int(saved["config"]["rounds"])
+    except Exception:  # noqa: BLE001 - an unreadable one is reported as unfinished
+        rounds = None
+    if rounds is not None and latest >= rounds:
+        raise ValueError(FINISHED.format(dir=workdir, rounds=rounds, latest=latest))
+    raise ValueError(EXISTING.format(dir=workdir, steps=steps, latest=latest))
+
+
 class CheckpointHooks:
     """``simulator.run`` hooks: restore at start (``--resume``), save every K rounds.
 
@@ -171,18 +199,28 @@ class CheckpointHooks:
     """
 
     def __init__(self, cfg: Config, workdir: str, resume: bool, overwrite: bool = False):
-        check_flags(cfg)
-        if resume and overwrite:
-            raise ValueError(BOTH)
+        self.check_output_dir(cfg, workdir, resume, overwrite)
         self.cfg, self.resume = cfg, resume
-        self.workdir = epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
+        self.workdir = _path(workdir)
         self.directory = self.workdir / "ckpt"
         self._manager: ocp.CheckpointManager | None = None
         self.restored_from: int | None = None
         if overwrite:
             self._delete_previous()
-        elif not resume:
-            self._refuse_existing()
+
+    @staticmethod
+    def check_output_dir(cfg: Config, workdir: str, resume: bool, overwrite: bool) -> None:
+        """The checks the flags and the output directory decide (writes nothing).
+
+        Raises:
+          ValueError: a bad checkpoint flag, --resume with --overwrite, or a fresh run into a
+            directory that holds checkpoints (saying whether that run finished).
+        """
+        check_flags(cfg)
+        if resume and overwrite:
+            raise ValueError(BOTH)
+        if not (resume or overwrite):
+            _refuse_existing(_path(workdir))
 
     @property
     def manager(self) -> ocp.CheckpointManager:
@@ -196,25 +234,7 @@ class CheckpointHooks:
         return self._manager
 
     def _steps_on_disk(self) -> list[int]:
-        """Committed steps (Orbax renames a checkpoint to its bare step number on commit)."""
-        if not self.directory.exists():
-            return []
-        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
-
-    def _refuse_existing(self) -> None:
-        steps = self._steps_on_disk()
-        if not steps:
-            return
-        latest = steps[-1]
-        try:
-            saved = json.loads((self.directory / str(latest) / "meta" / "metadata").read_text())
-            finished = latest >= int(saved["config"]["rounds"])
-            rounds = int(saved["config"]["rounds"])
-        except Exception:  # noqa: BLE001 - an unreadable one is treated as unfinished
-            finished, rounds = False, None
-        if finished:
-            raise ValueError(FINISHED.format(dir=self.workdir, rounds=rounds, latest=latest))
-        raise ValueError(EXISTING.format(dir=self.workdir, steps=steps, latest=latest))
+        return _steps_on_disk(self.directory)
 
     def _delete_previous(self) -> None:
         if jax.process_index() == 0:

@@ -13,7 +13,7 @@ ALGORITHMS = (
 )
 ALIASES = {"dpsgd": "dgd", "d-psgd": "dgd"}
 PARTITIONS = ("dirichlet", "dirichlet_disjoint", "iid", "shards")
-MODELS = ("mlp", "cnn", "ntk_mlp")
+MODELS = ("mlp", "cnn", "ntk_mlp", "linear")
 LOSSES = ("ce", "mse")
 SOLVERS = ("rk4", "bosh3", "dopri5", "midpoint", "euler", "rkc4", "rkc6")  # keys of spark_tpu.ntk.TABLEAUX
 
