@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import os
 import sys
 
@@ -19,7 +18,7 @@ import jax
 from absl import app, logging
 
 from launch_tpu import _flags
-from spark_tpu import platform
+from spark_tpu import logs, platform
 
 FLAGS = _flags.FLAGS
 HELP = ("--help", "-help", "-h", "-?")
@@ -45,22 +44,23 @@ def _configure_jax() -> int:
     return FLAGS.devices or len(jax.devices())
 
 
-def route_logs(output_dir: str) -> str | None:
-    """INFO logging to ``output_dir/log.txt``, only warnings and errors to the terminal.
+def _verbose() -> bool:
+    return FLAGS.alsologtostderr or FLAGS.logtostderr
 
-    Returns the log file's path (None when logs stay on the terminal: ``--alsologtostderr``,
+
+def route_logs(output_dir: str, buffer) -> str | None:
+    """The log file ``output_dir/log.txt`` (``log.I.txt`` for process I > 0), which receives the
+    records held in ``buffer`` since start-up and every record after.
+
+    Returns its path (None when logs stay on the terminal: ``--alsologtostderr``,
     ``--logtostderr``, or an ``--output_dir`` that is not a local folder).
     """
-    if FLAGS.alsologtostderr or FLAGS.logtostderr or "://" in output_dir:
+    if _verbose() or "://" in output_dir:
         return None
     os.makedirs(output_dir, exist_ok=True)
     name = LOG_FILE if FLAGS.process_id == 0 else f"log.{FLAGS.process_id}.txt"
     path = os.path.join(output_dir, name)
-    to_file = std_logging.FileHandler(path, mode="a")
-    to_file.setFormatter(logging.PythonFormatter())
-    to_file.setLevel(std_logging.DEBUG)
-    std_logging.getLogger().addHandler(to_file)
-    logging.get_absl_handler().setLevel(std_logging.WARNING)
+    logs.to_file(path, buffer)
     return path
 
 
@@ -78,6 +78,7 @@ def target_line(summary: dict) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    buffer = None if _verbose() else logs.quiet_terminal()
     devices = _configure_jax()
     try:
         cfg = _flags.config_from_flags(devices)
@@ -91,7 +92,7 @@ def main(argv):
             CheckpointHooks.check_output_dir(cfg, FLAGS.output_dir, FLAGS.resume, FLAGS.overwrite)
         except ValueError as e:
             raise app.UsageError(str(e)) from None
-    log_file = route_logs(FLAGS.output_dir)
+    log_file = route_logs(FLAGS.output_dir, buffer)
     logging.info("config: %s", cfg)
     if log_file:
         print(f"Logs in {log_file}", file=sys.stderr)
