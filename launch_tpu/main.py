@@ -116,7 +116,8 @@ def main(argv):
         printed = {k: summary[k] for k in keys}
         printed["rounds_to_target"] = target_line(summary)
         print(json.dumps(printed, indent=2))
-        print(f"Outputs in {FLAGS.output_dir}: metrics.csv, summary.json, accuracy.png")
+        print(f"Outputs in {FLAGS.output_dir}: metrics.csv, summary.json, accuracy.png"
+              + (", log.txt" if log_file else ""))
 
 
 def run():

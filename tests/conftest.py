@@ -17,7 +17,8 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# FILE::TEST (every parametrization) or FILE::TEST[ID] (that one).
+# FILE::TEST (every parametrization) or FILE::TEST[ID] (that one). A test whose expensive
+# module fixture is shared by all its parametrizations is listed whole.
 SLOW = (
     "test_bench.py::test_unknown_benchmark_is_a_usage_error",
     "test_checkpoint.py::test_corrupt_latest_checkpoint_falls_back_to_the_previous[meta]",
@@ -31,7 +32,7 @@ SLOW = (
     "test_degree_buckets.py::test_spark_with_buckets_equals_the_padded_step",
     "test_degree_buckets.py::test_spark_with_buckets_equals_the_padded_step[options0]",
     "test_degree_buckets.py::test_spark_with_buckets_equals_the_padded_step[options1]",
-    "test_errors.py::test_launcher_stops_with_the_message[degree]",
+    "test_errors.py::test_launcher_stops_with_the_message",
     "test_launcher.py::test_a_finished_run_says_so_and_overwrite_replaces_it",
     "test_launcher.py::test_the_terminal_shows_progress_evaluations_and_summary_not_library_logs",
     "test_mesh2d.py::test_simulator_same_metrics_2d_and_flat[dgd-32-shape0-extra0]",
@@ -47,7 +48,7 @@ SLOW = (
     "test_ntk_fl.py::test_dropout_keeps_one_server_model_on_any_layout",
     "test_ntk_fl.py::test_mse_runs_the_closed_form",
     "test_ntk_fl.py::test_replicated_server_step_gives_the_same_model",
-    "test_ntk_fl.py::test_two_rounds_match_float64_reference[1]",
+    "test_ntk_fl.py::test_two_rounds_match_float64_reference",
     "test_ntk_kernel.py::test_kernel_vmaps_over_stacked_clients",
     "test_ntk_kernel.py::test_structured_kernel_equals_materialized[float32-1e-05-cnn]",
     "test_ntk_kernel.py::test_structured_kernel_equals_materialized[float64-1e-10-cnn]",
