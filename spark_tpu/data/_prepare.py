@@ -66,7 +66,7 @@ def network_available(timeout: float | None = None) -> tuple[bool, str]:
         try:
             socket.create_connection((host, port), timeout=timeout).close()
             reachable.append(True)
-        except OSError:
+        except Exception:  # noqa: BLE001 - any failure means unreachable; never raise in a thread
             pass
 
     thread = threading.Thread(target=probe, daemon=True)  # a stuck name lookup is abandoned
