@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import textwrap
+
 from absl import flags
 
 from spark_tpu.simulator import ALGORITHMS, Config, refuse_unused
@@ -21,7 +25,7 @@ flags.DEFINE_float("alpha", _D.alpha, "Dirichlet concentration (smaller = more l
 flags.DEFINE_integer("shards_per_client", _D.shards_per_client, "Classes per client for shards.")
 flags.DEFINE_integer("clients", _D.clients, "Number of clients Q.")
 flags.DEFINE_integer("samples_per_client", _D.samples_per_client, "Samples per client.")
-flags.DEFINE_string("model", _D.model, "mlp (784-100-10), cnn or ntk_mlp.")
+flags.DEFINE_string("model", _D.model, "mlp (784-100-10), cnn, ntk_mlp or linear (affine).")
 flags.DEFINE_string("topology", _D.topology, "ring, star, complete, torus, regular, erdos_renyi, "
                     "exponential or custom.")
 flags.DEFINE_integer("degree", _D.degree, "d for --topology=regular.")
@@ -79,6 +83,8 @@ flags.DEFINE_integer("local_eval_samples", _D.local_eval_samples, "Test samples 
 flags.DEFINE_float("target_accuracy", _D.target_accuracy, "Report rounds/bytes to this accuracy.")
 flags.DEFINE_string("output_dir", "runs/latest", "Where metrics, summary, plots and checkpoints go.")
 flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --output_dir.")
+flags.DEFINE_bool("overwrite", False, "Start afresh in an --output_dir that holds an earlier "
+                  "run's checkpoints (they are deleted).")
 flags.DEFINE_integer("checkpoint_every", 0, "Save every K rounds (0: only at the end).")
 flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints to keep.")
 flags.DEFINE_string("spark_stages", "", "SPARK stage schedule (see README).")
@@ -90,6 +96,62 @@ flags.DEFINE_integer("process_id", 0, "This process's index in a multi-process r
 flags.DEFINE_bool("small", False, "Shrink any preset to a seconds-to-minutes demo.")
 
 FLAGS = flags.FLAGS
+
+# `--help`: the project's flags in these groups (absl's own flags stay in --helpfull).
+GROUPS = {
+    "run": ["mode", "algorithm", "rounds", "seed", "devices", "mesh", "eval_every", "small",
+            "coordinator_address", "num_processes", "process_id"],
+    "data": ["dataset", "data_dir", "idx_dir", "partition", "alpha", "shards_per_client",
+             "clients", "samples_per_client", "local_eval_samples"],
+    "topology": ["topology", "degree", "mixing", "time_varying", "graph_pool", "edge_probability",
+                 "torus_shape", "topology_file", "link_failure", "client_dropout"],
+    "algorithm": ["model", "lr", "lr_decay", "batch_size", "local_epochs", "momentum",
+                  "participation", "loss"],
+    "NTK solver": ["horizons", "solver", "solver_stride", "degree_buckets"],
+    "SPARK": ["spark_stages", "spark"],
+    "outputs": ["output_dir", "resume", "overwrite", "checkpoint_every", "keep_checkpoints",
+                "target_accuracy"],
+}
+PRESETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "experiments", "presets")
+
+
+def _preset_lines() -> list[str]:
+    lines = []
+    for path in sorted(glob.glob(os.path.join(PRESETS, "*.flags"))):
+        header = []
+        with open(path) as f:  # the header's description: comment lines before the command
+            for line in f:
+                if not line.startswith("#") or "python -m" in line:
+                    break
+                header.append(line.lstrip("# ").strip())
+        first = " ".join(header)
+        lines.append(f"  --flagfile=experiments/presets/{os.path.basename(path)}")
+        lines.extend(textwrap.wrap(first, 96, initial_indent="      ", subsequent_indent="      "))
+    return lines
+
+
+def grouped_help(usage: str) -> str:
+    """The text of ``--help``: usage, every project flag by group with its default, presets."""
+    out = [usage.strip(), ""]
+    for group, names in GROUPS.items():
+        out.append(f"{group}:")
+        for name in names:
+            flag = FLAGS[name]
+            value = flag.default
+            if isinstance(value, list):
+                value = ",".join(map(str, value)) or "none"
+            elif isinstance(value, bool):
+                value = str(value).lower()
+            default = "" if value is None else f" (default {value})"
+            out.append(f"  --{name}{default}")
+            out.extend(textwrap.wrap(flag.help, 96, initial_indent="      ",
+                                     subsequent_indent="      "))
+        out.append("")
+    out.append("presets (add --small to shrink any of them to a CPU demo):")
+    out.extend(_preset_lines())
+    out += ["", "absl's own flags (logging, --flagfile, JAX): --helpfull."]
+    return "\n".join(out)
 
 SMALL = dict(clients=32, samples_per_client=100, rounds=5, graph_pool=8, local_eval_samples=500)
 

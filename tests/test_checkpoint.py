@@ -10,10 +10,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from spark_tpu import checkpoint, simulator
@@ -135,9 +137,10 @@ def test_launcher_rejects_mismatched_resume(kill_resume):
 # In-process tests (Config and run_with_checkpoints directly; 2 of the 8 test devices).
 
 
-def _run(workdir, resume=False, **kw):
+def _run(workdir, resume=False, overwrite=False, **kw):
     cfg = simulator.Config(**{**TINY, **kw})
-    return checkpoint.run_with_checkpoints(cfg, str(workdir), resume=resume, progress=False)
+    return checkpoint.run_with_checkpoints(
+        cfg, str(workdir), resume=resume, overwrite=overwrite, progress=False)
 
 
 def _rows(workdir):
@@ -271,8 +274,104 @@ def test_resume_without_checkpoint_starts_fresh_and_says_so(tmp_path, caplog):
 
 def test_fresh_run_into_a_checkpointed_directory_is_refused(reference, tmp_path):
     out = _copy(reference, tmp_path)
+    for step in (3, 4):
+        shutil.rmtree(out / "ckpt" / str(step))
     with pytest.raises(ValueError, match="already holds checkpoints .* pass --resume"):
         _run(out)
+
+
+def test_a_finished_run_says_it_is_finished_and_overwrite_replaces_it(reference, tmp_path):
+    out = _copy(reference, tmp_path)
+    with pytest.raises(ValueError, match="holds a finished run .*--overwrite"):
+        _run(out)
+    _run(out, overwrite=True, rounds=2)
+    assert committed_steps(out) == [2]
+    assert _rows(out) == _rows(reference)[:2]
+    with pytest.raises(ValueError, match="--resume and --overwrite"):
+        _run(out, resume=True, overwrite=True)
+
+
+def test_a_bad_flag_leaves_no_checkpoint_folder(tmp_path):
+    """Flag checks run before the data loads, and ckpt/ is created by the first save only."""
+    with pytest.raises(ValueError, match="--degree=5 with --clients=7"):
+        _run(tmp_path, degree=5, clients=7)
+    assert not (tmp_path / "ckpt").exists()
+
+
+class SlowJsonWrites:
+    """Holds each checkpoint's JSON write in Orbax's background thread until the run has asked
+    for the next save (or closed), i.e. until the metric rows have grown: a deterministic stand-in
+    for a loaded machine on which the write lands late."""
+
+    def __init__(self, monkeypatch):
+        self.requests = 0  # after_chunk calls so far
+        self.cond = threading.Condition()
+        original_save = ocp.JsonCheckpointHandler._save_fn
+        hooks = checkpoint.CheckpointHooks
+        original_after, original_close = hooks.after_chunk, hooks.close
+        slow = self
+
+        async def save_fn(handler, x, directory):
+            step = int(directory.parent.name.split(".")[0])
+            with slow.cond:
+                assert slow.cond.wait_for(lambda: slow.requests > step, timeout=60)
+            await original_save(handler, x, directory)
+
+        def after_chunk(hooks_self, sim, rows):
+            slow.release(int(rows[-1]["round"]))
+            original_after(hooks_self, sim, rows)
+
+        def close(hooks_self):
+            slow.release(10**9)
+            original_close(hooks_self)
+
+        monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", save_fn)
+        monkeypatch.setattr(hooks, "after_chunk", after_chunk)
+        monkeypatch.setattr(hooks, "close", close)
+
+    def release(self, requests):
+        with self.cond:
+            self.requests = requests
+            self.cond.notify_all()
+
+
+def test_a_late_metadata_write_saves_the_rows_of_its_own_round(tmp_path, monkeypatch):
+    """The metadata of an asynchronous save is a snapshot: rows appended while the write is
+    pending do not reach it (they did, and a resume then moved a good checkpoint aside)."""
+    SlowJsonWrites(monkeypatch)
+    _run(tmp_path, checkpoint_every=1, keep_checkpoints=4)
+    for step in committed_steps(tmp_path):
+        meta = read_json(tmp_path / "ckpt" / str(step) / "meta" / "metadata")
+        assert [r["round"] for r in meta["rows"]] == list(range(1, step + 1)), step
+
+
+def test_resume_after_late_writes_uses_the_latest_checkpoint(reference, tmp_path, monkeypatch,
+                                                             caplog):
+    SlowJsonWrites(monkeypatch)
+    out = tmp_path / "run"
+    _run(out, checkpoint_every=1, keep_checkpoints=4)
+    shutil.rmtree(out / "ckpt" / "4")  # as if killed before round 4 was saved
+    with caplog.at_level(logging.WARNING):
+        _run(out, resume=True, checkpoint_every=1, keep_checkpoints=4)
+    text = _resume_messages(caplog)
+    assert "continuing from the checkpoint at round 3" in text, text
+    assert "corrupt" not in text and not (out / "ckpt_corrupt").exists()
+    assert _rows(out) == _rows(reference)
+
+
+def test_inconsistent_checkpoint_warning_says_what_disagrees(reference, tmp_path, caplog):
+    out = _copy(reference, tmp_path)
+    path = out / "ckpt" / "3" / "meta" / "metadata"
+    meta = read_json(path)
+    meta["rows"].append(dict(meta["rows"][-1], round=4))
+    path.write_text(json.dumps(meta))
+    shutil.rmtree(out / "ckpt" / "4")
+    with caplog.at_level(logging.WARNING):
+        _run(out, resume=True, checkpoint_every=1, keep_checkpoints=4)
+    text = _resume_messages(caplog)
+    assert "checkpoint at round 3" in text
+    assert "the metadata holds 4 metric rows (rounds 1–4), expected rounds 1–3" in text
+    assert "continuing from the checkpoint at round 2" in text
 
 
 def test_divergence_names_round_and_client_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -101,6 +101,37 @@ def test_missing_fashion_mnist_offline_says_apt_get(tmp_path):
         load_dataset("fashion_mnist", data_dir=tmp_path, prepare=False)
 
 
+def test_without_a_network_the_error_comes_in_seconds(tmp_path, monkeypatch):
+    """No network (a name lookup that hangs): the actionable message within the probe's timeout,
+    before tfds starts its minutes of download retries."""
+    import socket
+    import time
+
+    import tensorflow_datasets as tfds
+
+    from spark_tpu.data import _prepare
+
+    def hanging_connect(*args, **kwargs):
+        time.sleep(5)
+        raise OSError("timed out")
+
+    def download(*args, **kwargs):
+        raise AssertionError("tfds tried to download without a network")
+
+    monkeypatch.setattr(socket, "create_connection", hanging_connect)
+    monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", download)
+    monkeypatch.setattr(_prepare, "PROBE_TIMEOUT_S", 1.0)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_dataset("cifar10", data_dir=tmp_path)
+    assert time.perf_counter() - start < 10
+    message = str(e.value)
+    assert f"python -m spark_tpu.data.prepare --dataset=cifar10 --data_dir={tmp_path}" in message
+    assert "no network: storage.googleapis.com:443 was not reachable within 1 s" in message
+
+
 def test_unknown_name(tmp_path):
     with pytest.raises(ValueError, match="--dataset=fashion_mnis: tfds has no dataset"):
         load_dataset("fashion_mnis", data_dir=tmp_path)

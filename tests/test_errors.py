@@ -51,7 +51,7 @@ def _write(path, matrix):
     return str(path)
 
 
-# Flags checked when the run is built (graphs, stage schedule), before anything compiles.
+# Flags checked when the run is built (graphs, stage schedule), before the data loads.
 @pytest.mark.parametrize("flags, message", [
     (dict(degree=5, clients=7), "--degree=5 with --clients=7: n·d = 35 is odd"),
     (dict(degree=8, clients=8), "--degree=8 with --clients=8: a d-regular graph needs 1 ≤ d ≤"),
@@ -66,7 +66,12 @@ def _write(path, matrix):
     (dict(algorithm="spark", spark_stages="0: beta=1"), "'beta=1' is not one of lam=, T=, mu="),
     (dict(algorithm="spark", spark_options=(("teacher", "oracle"),)), "--spark=teacher=oracle"),
 ])
-def test_run_rejects(tmp_path, flags, message):
+def test_run_rejects(tmp_path, monkeypatch, flags, message):
+    """...before the data loads: loading it here would be an error of its own."""
+    def load_dataset(*args, **kwargs):
+        raise AssertionError("the data loaded before the flags were checked")
+
+    monkeypatch.setattr(simulator._build.data, "load_dataset", load_dataset)
     if flags.get("topology_file") == "not_stochastic":
         flags["topology_file"] = _write(tmp_path / "w.txt", np.full((8, 8), 0.2))
     elif flags.get("topology_file") == "wrong_shape":
@@ -136,6 +141,8 @@ def test_launcher_stops_with_the_message(launcher_errors, name):
     for expected in LAUNCHER_CASES[name][1]:
         assert expected.format(tmp=tmp) in err, err[-2000:]
     assert "Traceback" not in err
+    if name != "divergence":  # a flag error leaves no checkpoint folder behind
+        assert not (tmp / "out" / "ckpt").exists()
 
 
 # Simulated faults: a dropped client neither sends nor updates, and its data is not pooled.

@@ -28,8 +28,11 @@ def _numbers(rows, skip=("seconds",)):
 
 @pytest.mark.parametrize("algorithm", ["dgd", "dfedavgm", "ntk_dfl"])
 def test_same_metrics_on_1_2_4_8_devices(tmp_path, algorithm):
+    """12 clients on 1 device (no exchange), 2 (6 per device) and 8 (padded to 16, 2 per device)
+    against each other; 4 devices (3 per device, no padding) added no case of its own and a
+    quarter of this test's time."""
     base = _numbers(_run(tmp_path, "d8", algorithm=algorithm, devices=8))
-    for d in (1, 2, 4):
+    for d in (1, 2):
         other = _numbers(_run(tmp_path, f"d{d}", algorithm=algorithm, devices=d))
         np.testing.assert_allclose(other, base, rtol=1e-5, atol=1e-5)
 

@@ -19,6 +19,7 @@ from ._ntk_fl import ntk_fl as ntk_fl
 from ._server import centralized as centralized
 from ._spark import DEFAULT_OPTIONS as DEFAULT_SPARK_OPTIONS
 from ._spark import DEFAULT_STAGES as DEFAULT_SPARK_STAGES
+from ._spark import resolve_options as resolve_spark_options
 from ._spark import SparkState as SparkState
 from ._spark import spark as spark
 from ._stages import parse_stages as parse_stages

@@ -18,6 +18,9 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import socket
+import threading
+import urllib.parse
 
 import requests
 import tensorflow_datasets as tfds
@@ -32,6 +35,44 @@ SKLEARN_DATASETS = ("two_moons", "digits")
 ALIASES = {"emnist": "emnist/digits"}
 # Local IDX files installed by a Debian package: name -> (folder, package).
 SYSTEM_IDX_DIRS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist")}
+# Without a network tfds retries each download for minutes; one short connection attempt to its
+# download mirror (or the HTTPS proxy) first turns that into an error within seconds.
+PROBE_HOST = ("storage.googleapis.com", 443)
+PROBE_TIMEOUT_S = 3.0
+OFFLINE = (
+    "The machine has no network: {host}:{port} was not reachable within {timeout:g} s, so tfds "
+    "cannot download it."
+)
+
+
+def _probe_target() -> tuple[str, int]:
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if proxy:
+        url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if url.hostname:
+            return url.hostname, url.port or 80
+    return PROBE_HOST
+
+
+def network_available(timeout: float | None = None) -> tuple[bool, str]:
+    """Whether a TCP connection to tfds' download mirror (or the HTTPS proxy) opens within
+    ``timeout`` seconds (default `PROBE_TIMEOUT_S`), name lookup included; and, if not, the
+    message saying so."""
+    timeout = PROBE_TIMEOUT_S if timeout is None else timeout
+    host, port = _probe_target()
+    reachable = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            reachable.append(True)
+        except Exception:  # noqa: BLE001 - any failure means unreachable; never raise in a thread
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)  # a stuck name lookup is abandoned
+    thread.start()
+    thread.join(timeout)
+    return bool(reachable), OFFLINE.format(host=host, port=port, timeout=timeout)
 
 
 def default_data_dir() -> str:
@@ -157,6 +198,7 @@ def prepare_dataset(
         logging.info("%s is already prepared in %s", name, base.data_dir)
         return pathlib.Path(base.data_dir)
     looked: list[str] = []
+    files = None
     if _is_idx_dataset(name):
         files = _local_idx_files(name, idx_dir, looked)
         if files is None and not download:
@@ -170,6 +212,10 @@ def prepare_dataset(
         raise DatasetNotFoundError(missing_message(name, data_dir))
     else:
         builder = png_builder(base)
+    if not (_is_idx_dataset(name) and files is not None):  # tfds will download
+        online, why = network_available()
+        if not online:
+            raise DatasetNotFoundError(f"{missing_message(name, data_dir, looked)}\n{why}")
     _run_builder(builder, name, data_dir, looked)
     return pathlib.Path(base.data_dir)
 

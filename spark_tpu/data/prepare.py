@@ -15,6 +15,8 @@ import sys
 
 from absl import app, flags
 
+from spark_tpu import logs
+
 from spark_tpu.data import CorruptDataError, DatasetNotFoundError, default_data_dir, prepare_dataset
 
 
@@ -28,6 +30,8 @@ def _define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     """Prepares ``--dataset`` and prints the folder it was written to."""
+    if not (flags.FLAGS.alsologtostderr or flags.FLAGS.logtostderr):
+        logs.quiet_terminal(keep=False)  # tfds' INFO lines and warnings; errors still show
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS

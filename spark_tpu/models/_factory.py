@@ -11,14 +11,21 @@ from jaxtyping import PRNGKeyArray
 from ._cnn import CNN
 from ._mlp import MLP, NTKMLP
 
-_MODELS: dict[str, Callable[..., eqx.Module]] = {"mlp": MLP, "cnn": CNN, "ntk_mlp": NTKMLP}
+def _linear(input_shape: Sequence[int], **options: Any) -> MLP:
+    """An affine model f(x) = Wx + b: the MLP without hidden layers."""
+    return MLP(input_shape, hidden=(), **options)
+
+
+_MODELS: dict[str, Callable[..., eqx.Module]] = {
+    "mlp": MLP, "cnn": CNN, "ntk_mlp": NTKMLP, "linear": _linear,
+}
 _NTK_MLP_DEFAULT_HIDDEN = (256,)
 
 
 def make_model(
     name: str, input_shape: Sequence[int], num_classes: int, *, key: PRNGKeyArray, **options: Any
 ) -> eqx.Module:
-    """Builds the model called `name` ("mlp", "cnn" or "ntk_mlp").
+    """Builds the model called `name` ("mlp", "cnn", "ntk_mlp" or "linear", an affine map).
 
     Args:
         name: model name.

@@ -142,7 +142,15 @@ def horizon_warning(cfg: Config, topology_summary: dict) -> str | None:
 
 
 def build(cfg: Config, devices: int) -> Setup:
-    """Loads data, partitions it, draws the graphs and builds the model and algorithm."""
+    """Draws the graphs and checks the flags that need no data, then loads data, partitions it
+    and builds the model and algorithm (a bad flag fails before the data loads)."""
+    hyperparameters(cfg)
+    if cfg.algorithm == "spark":  # the stage schedule and options parse without data
+        algorithms.parse_stages(cfg.spark_stages or algorithms.DEFAULT_SPARK_STAGES, cfg.rounds)
+        algorithms.resolve_spark_options(dict(cfg.spark_options))
+    topo = make_topology(cfg)  # --mesh: a torus may tile a 2-D mesh (topology docs)
+    layout = topology.device_layout(topo.name, cfg.clients, devices, cfg.mesh, topo.torus_shape)
+    plan = topology.build_plan(topo.mixing_matrices(), devices, topo.weight_rule, layout)
     ds = data.load_dataset(cfg.dataset, data_dir=cfg.data_dir, idx_dir=cfg.idx_dir)
     part = data.partition(
         ds.train_y, cfg.clients, method=cfg.partition, alpha=cfg.alpha,
@@ -150,10 +158,6 @@ def build(cfg: Config, devices: int) -> Setup:
         seed=cfg.seed,
     )
     arrays = data.pad_clients(data.federated_arrays(ds, part), devices)
-    topo = make_topology(cfg)  # --mesh: a torus may tile a 2-D mesh (topology docs); checked
-    # after the data loads (an early error races Orbax's start-up thread)
-    layout = topology.device_layout(topo.name, cfg.clients, devices, cfg.mesh, topo.torus_shape)
-    plan = topology.build_plan(topo.mixing_matrices(), devices, topo.weight_rule, layout)
     summary = topo.summary()
     if (warning := horizon_warning(cfg, summary)) is not None:
         logging.warning(warning)

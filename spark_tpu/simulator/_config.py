@@ -13,7 +13,7 @@ ALGORITHMS = (
 )
 ALIASES = {"dpsgd": "dgd", "d-psgd": "dgd"}
 PARTITIONS = ("dirichlet", "dirichlet_disjoint", "iid", "shards")
-MODELS = ("mlp", "cnn", "ntk_mlp")
+MODELS = ("mlp", "cnn", "ntk_mlp", "linear")
 LOSSES = ("ce", "mse")
 # "adaptive" (error-controlled RK4) or a fixed-step key of spark_tpu.ntk.TABLEAUX
 SOLVERS = ("adaptive", "rk4", "bosh3", "dopri5", "midpoint", "euler", "rkc4", "rkc6")

@@ -28,6 +28,14 @@ TOO_BIG = (
 LIMIT = 3e8
 
 
+def check_float64(tree) -> None:
+    """Raises if any floating-point leaf of ``tree`` is not float64."""
+    for leaf in jax.tree.leaves(tree):
+        dtype = np.asarray(leaf).dtype
+        if np.issubdtype(dtype, np.floating) and dtype != np.float64:
+            raise TypeError(f"--mode=predict computed in {dtype}, not float64.")
+
+
 def predict(cfg: Config, workdir: str) -> dict:
     """Predicts and observes DGD/ATC/CTA on ``cfg``'s setting; writes prediction.{json,png}."""
     if cfg.algorithm not in ("dgd", "atc", "cta"):
@@ -41,22 +49,30 @@ def predict(cfg: Config, workdir: str) -> dict:
     arrays = data.federated_arrays(ds, part)
     if not arrays.mask.all():
         raise ValueError("--mode=predict needs equal client sizes: use --partition=dirichlet or iid.")
-    net = models.make_model(cfg.model, ds.input_shape, ds.num_classes, key=jax.random.key(cfg.seed))
-    net = jax.tree.map(lambda x: x.astype(np.float64) if eqx.is_inexact_array(x) else x, net)
-    params, static = eqx.partition(net, eqx.is_inexact_array)
-    p = sum(x.size for x in jax.tree.leaves(params))
-    size = cfg.clients * cfg.samples_per_client * ds.num_classes * p
-    if size > LIMIT:
-        raise ValueError(TOO_BIG.format(size=size, limit=LIMIT))
-    y = np.eye(ds.num_classes)[arrays.y]
+    y = np.eye(ds.num_classes, dtype=np.float64)[arrays.y]
     w = _build.make_topology(cfg).mixing_matrices()[0]
-    fn = lambda prm, x: eqx.combine(prm, static)(x)  # noqa: E731
     eta = cfg.lr if cfg.lr is not None else 1e-4
     args = dict(algorithm=cfg.algorithm, eta=eta, steps=cfg.rounds)
     client_data = (np.asarray(arrays.x, np.float64), y)
+    # Everything from the model's initialization on runs in float64: a cast outside this context
+    # would silently truncate to float32 (JAX's default).
     with jax.enable_x64(True):
+        net = models.make_model(
+            cfg.model, ds.input_shape, ds.num_classes, key=jax.random.key(cfg.seed),
+            dtype=np.float64,
+        )
+        params, static = eqx.partition(net, eqx.is_inexact_array)
+        check_float64(params)
+        p = sum(x.size for x in jax.tree.leaves(params))
+        size = cfg.clients * cfg.samples_per_client * ds.num_classes * p
+        if size > LIMIT:
+            raise ValueError(TOO_BIG.format(size=size, limit=LIMIT))
+        fn = lambda prm, x: eqx.combine(prm, static)(x)  # noqa: E731
         pred = dynamics.predict(fn, params, client_data, w, **args)
         real = dynamics.simulate(fn, params, client_data, w, **args)
+    for name in ("loss_discrete", "loss_flow"):
+        check_float64(pred[name])
+    check_float64(real["loss"])
     os.makedirs(workdir, exist_ok=True)
     errors = {
         "discrete": dynamics.max_relative_error(pred["loss_discrete"], real["loss"]),

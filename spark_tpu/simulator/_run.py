@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import sys
 import time
 
 import jax
@@ -220,10 +221,12 @@ def run(cfg: Config, workdir: str, *, progress: bool = True, hooks=None) -> dict
         done += length
         if hooks is not None:
             hooks.after_chunk(sim, rows)
+        line = f"round {done}: aggregated accuracy {agg:.4f}, mean local {local.mean():.4f}"
         if bar is not None:
             bar.update(length)
             bar.set_postfix(agg=f"{agg:.3f}", local=f"{local.mean():.3f}")
-        logging.info("round %d: aggregated %.4f, mean local %.4f", done, agg, local.mean())
+            bar.write(line, file=sys.stderr)  # one line per evaluation, above the bar
+        logging.info(line)
     if bar is not None:
         bar.close()
     run_seconds = time.perf_counter() - t_run
