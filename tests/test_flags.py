@@ -131,6 +131,7 @@ def _baseline(algorithm, base):
 RUN_PAIRS = [(f, a) for f in sorted(RUN_FLAGS) for a in APPLIES[f][0]]
 
 
+@pytest.mark.slow  # 56 two-round simulations
 @pytest.mark.parametrize("flag, algorithm", RUN_PAIRS)
 def test_applicable_options_change_the_run(flag, algorithm):
     base, value = RUN_FLAGS[flag]

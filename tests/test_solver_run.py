@@ -7,6 +7,8 @@ import pytest
 
 from spark_tpu import simulator
 
+pytestmark = pytest.mark.slow  # simulations / float64 references: the full tier
+
 TINY = dict(
     algorithm="ntk_dfl", dataset="digits", clients=8, samples_per_client=20, rounds=2, degree=3,
     graph_pool=4, local_eval_samples=100, horizons=(48, 64), devices=2, lr=0.5, lr_decay=0.0,

@@ -17,6 +17,8 @@ from _reference import ce, flat_params, forward, ntk_step_with, soft_label, unfl
 
 from spark_tpu import simulator, topology
 
+pytestmark = pytest.mark.slow  # simulations / float64 references: the full tier
+
 ETA0, DECAY, HORIZONS, Q, N, C = 0.05, 0.07, (3, 6, 12), 6, 10, 10
 LAM, TEMP, MU, ROUNDS = 0.3, 2.0, 0.5, 3
 
