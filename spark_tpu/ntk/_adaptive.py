@@ -64,7 +64,8 @@ def _rms(v):
     return jnp.sqrt(jnp.mean(jnp.square(v)))
 
 
-def _hermite(g0, d0, g1, d1, span, theta):
+def hermite(g0, d0, g1, d1, span, theta):
+    """Cubic Hermite interpolant at fractions `theta` [m] of a step of length `span` -> [m, ...]."""
     t = theta.reshape((-1,) + (1,) * g0.ndim)
     t2, t3 = t * t, t * t * t
     g0, d0, g1, d1 = (v[None] for v in (g0, span * d0, g1, span * d1))
@@ -137,7 +138,7 @@ def solve_adaptive(
         inside = t * UNITS < c.pos + c.step
         theta = (t * UNITS - c.pos).astype(dtype) / c.step.astype(dtype)
         span = c.step.astype(dtype) * h_unit
-        f_t = _hermite(c.g, c.slope, g1, k5, span, jnp.where(inside, theta, 0.0))
+        f_t = hermite(c.g, c.slope, g1, k5, span, jnp.where(inside, theta, 0.0))
         res = jnp.where(inside[:, None, None], jax.vmap(residual_t)(f_t), 0.0)
         partial = c.running[None] + jnp.cumsum(res, axis=0)  # partial[j] = Σ up to point j
         # Horizon τ ending in (pos, pos + step]: Σ_{t < τ} = partial[τ - first - 1] (or running).
@@ -148,7 +149,7 @@ def solve_adaptive(
             c.running[None],
         )  # fmt: skip
         theta_h = (stops - c.pos).astype(dtype) / c.step.astype(dtype)
-        at = _hermite(c.g, c.slope, g1, k5, span, jnp.clip(theta_h, 0.0, 1.0))
+        at = hermite(c.g, c.slope, g1, k5, span, jnp.clip(theta_h, 0.0, 1.0))
         sums = jnp.where(hit[:, None, None], before, c.sums)
         snaps = jnp.where(hit[:, None, None], at, c.snaps)
         return partial[-1], sums, snaps

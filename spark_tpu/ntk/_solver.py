@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ._adaptive import DEFAULT_MAX_STRIDE, DEFAULT_RTOL, solve_adaptive
+from ._adaptive import DEFAULT_MAX_STRIDE, DEFAULT_RTOL, hermite, solve_adaptive
 
 _PRECISION = jax.lax.Precision.HIGHEST
 
@@ -203,19 +203,6 @@ def _scan_grid(
     return jax.lax.scan(grid_step, carry, steps)[0]
 
 
-def _hermite(g0, d0, g1, d1, span, theta):
-    """Cubic Hermite interpolant at fractions `theta` [m] of a step of length `span` -> [m, ...]."""
-    t = theta.reshape((-1,) + (1,) * g0.ndim)
-    t2, t3 = t * t, t * t * t
-    g0, d0, g1, d1 = (v[None] for v in (g0, span * d0, g1, span * d1))
-    return (
-        (2 * t3 - 3 * t2 + 1) * g0
-        + (t3 - 2 * t2 + t) * d0
-        + (3 * t2 - 2 * t3) * g1
-        + (t3 - t2) * d1
-    )
-
-
 def _scan_strided(carry, first, blocks, stride, *, rhs, residual_t, h, tableau, stops):
     """`blocks` RK steps of ``stride`` grid intervals each, from grid step `first`.
 
@@ -233,7 +220,7 @@ def _scan_strided(carry, first, blocks, stride, *, rhs, residual_t, h, tableau, 
         d1 = rhs(g1)
         err = _step_error(tableau, g, d, g1, d1, last, span, residual_t)
         worst = jnp.maximum(worst, jnp.where(jnp.isfinite(err), err, jnp.inf))
-        inner = _hermite(g, d, g1, d1, span, theta)  # [stride, C, N]; inner[0] == g
+        inner = hermite(g, d, g1, d1, span, theta)  # [stride, C, N]; inner[0] == g
         partial = running[None] + jnp.cumsum(jax.vmap(residual_t)(inner), axis=0)
         # Horizon τ in (t0, t0 + stride]: sum of residuals at t0 .. τ-1 = partial[τ - t0 - 1].
         offset = stops - t0 - 1
