@@ -29,18 +29,25 @@ import time
 import numpy as np
 from absl import app, flags
 
-_CLIENTS = flags.DEFINE_integer("clients", 60, "Clients of each training run.")
-_SAMPLES = flags.DEFINE_integer("samples", 100, "Samples per client (pooled Ñ = 6 × this).")
-_ALPHAS = flags.DEFINE_list("alphas", ["0.05", "0.1", "iid"], "Dirichlet α values, or 'iid'.")
-_ROUNDS_AT = flags.DEFINE_list("rounds_at", ["0", "1", "5", "15"], "Training rounds audited.")
-_SOLVERS = flags.DEFINE_list(
-    "solvers", ["adaptive", "rk4/4", "rk4/1"], "Solvers under test: adaptive, or NAME/STRIDE."
-)
-_REF_SUBSTEPS = flags.DEFINE_integer("reference_substeps", 1, "Reference substeps per interval.")
-_DEVICES = flags.DEFINE_integer("devices", 2, "Emulated CPU devices of the training runs.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of partitions, graphs and models.")
-_SMALL = flags.DEFINE_bool("small", False, "12 clients × 40, α = 0.1, rounds 0 and 1.")
-_OUT = flags.DEFINE_string("out", "experiments/results/solver_audit.json", "Result file.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line's flags (defined only when run as a script, so that tests can import the
+    audit's functions beside the launcher's flags)."""
+    flags.DEFINE_integer("clients", 60, "Clients of each training run.")
+    flags.DEFINE_integer("samples", 100, "Samples per client (pooled Ñ = 6 × this).")
+    flags.DEFINE_list("alphas", ["0.05", "0.1", "iid"], "Dirichlet α values, or 'iid'.")
+    flags.DEFINE_list("rounds_at", ["0", "1", "5", "15"], "Training rounds audited.")
+    flags.DEFINE_list(
+        "solvers", ["adaptive", "rk4/4", "rk4/1"], "Solvers under test: adaptive, or NAME/STRIDE."
+    )
+    flags.DEFINE_integer("reference_substeps", 1, "Reference substeps per interval.")
+    flags.DEFINE_integer("devices", 2, "Emulated CPU devices of the training runs.")
+    flags.DEFINE_integer("seed", 0, "Seed of partitions, graphs and models.")
+    flags.DEFINE_bool("small", False, "12 clients × 40, α = 0.1, rounds 0 and 1.")
+    flags.DEFINE_string("out", "experiments/results/solver_audit.json", "Result file.")
+
 
 HORIZONS = (100, 200, 400, 600, 800)
 ETA0, DECAY = 0.01, 0.07
@@ -158,10 +165,10 @@ def main(argv) -> None:
     del argv
     from spark_tpu import platform
 
-    clients, samples = (12, 40) if _SMALL.value else (_CLIENTS.value, _SAMPLES.value)
-    alphas = ["0.1"] if _SMALL.value else _ALPHAS.value
-    rounds_at = [0, 1] if _SMALL.value else sorted(int(r) for r in _ROUNDS_AT.value)
-    platform.emulate_cpu_devices(_DEVICES.value)
+    clients, samples = (12, 40) if FLAGS.small else (FLAGS.clients, FLAGS.samples)
+    alphas = ["0.1"] if FLAGS.small else FLAGS.alphas
+    rounds_at = [0, 1] if FLAGS.small else sorted(int(r) for r in FLAGS.rounds_at)
+    platform.emulate_cpu_devices(FLAGS.devices)
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -175,8 +182,8 @@ def main(argv) -> None:
         cfg = simulator.Config(
             algorithm="ntk_dfl", clients=clients, samples_per_client=samples,
             partition="iid" if iid else "dirichlet", alpha=1.0 if iid else float(alpha),
-            topology="regular", degree=5, rounds=max(rounds_at), devices=_DEVICES.value,
-            seed=_SEED.value, eval_every=1,
+            topology="regular", degree=5, rounds=max(rounds_at), devices=FLAGS.devices,
+            seed=FLAGS.seed, eval_every=1,
         )  # fmt: skip
         sim = simulator.Simulation(cfg)
         classes = sim.setup.dataset.num_classes
@@ -191,7 +198,7 @@ def main(argv) -> None:
                 kernel = np.asarray(ntk.trace_kernel(net, x.astype(np.float64)))
                 stiffness = float(np.linalg.eigvalsh(kernel)[-1]) * eta / len(y)
                 solved = _audit_client(
-                    sim.setup.model, avg, x, y, eta, classes, _SOLVERS.value, _REF_SUBSTEPS.value
+                    sim.setup.model, avg, x, y, eta, classes, FLAGS.solvers, FLAGS.reference_substeps
                 )
                 rows.append({"alpha": alpha, "round": at, "client": q, "stiffness": stiffness,
                              "solvers": solved})  # fmt: skip
@@ -214,18 +221,18 @@ def main(argv) -> None:
 def _write(rows, clients, samples, alphas, rounds_at):
     import jax
 
-    summary = {name: _distribution(rows, name) for name in _SOLVERS.value}
+    summary = {name: _distribution(rows, name) for name in FLAGS.solvers}
     out = {
-        "command": "python -m experiments.solver_audit" + (" --small" if _SMALL.value else
+        "command": "python -m experiments.solver_audit" + (" --small" if FLAGS.small else
             f" --clients={clients} --samples={samples} --alphas={','.join(alphas)} "
-            f"--rounds_at={','.join(map(str, rounds_at))} --solvers={','.join(_SOLVERS.value)} "
-            f"--reference_substeps={_REF_SUBSTEPS.value}"),
-        "horizons": HORIZONS, "reference": f"rk4, stride 1, {_REF_SUBSTEPS.value} substep(s), float64",
+            f"--rounds_at={','.join(map(str, rounds_at))} --solvers={','.join(FLAGS.solvers)} "
+            f"--reference_substeps={FLAGS.reference_substeps}"),
+        "horizons": HORIZONS, "reference": f"rk4, stride 1, {FLAGS.reference_substeps} substep(s), float64",
         "summary": summary, "rows": rows,
         "machine": {"cpus": os.cpu_count(), "jax": jax.__version__,
                     "load_average": os.getloadavg()},
     }  # fmt: skip
-    path = _OUT.value.replace(".json", "_small.json") if _SMALL.value else _OUT.value
+    path = FLAGS.out.replace(".json", "_small.json") if FLAGS.small else FLAGS.out
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
@@ -233,4 +240,5 @@ def _write(rows, clients, samples, alphas, rounds_at):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -107,7 +107,7 @@ GROUPS = {
                  "torus_shape", "topology_file", "link_failure", "client_dropout"],
     "algorithm": ["model", "lr", "lr_decay", "batch_size", "local_epochs", "momentum",
                   "participation", "loss"],
-    "NTK solver": ["horizons", "solver", "solver_stride", "degree_buckets"],
+    "NTK solver": ["horizons", "solver", "solver_stride", "tau_selection", "degree_buckets"],
     "SPARK": ["spark_stages", "spark"],
     "outputs": ["output_dir", "resume", "overwrite", "checkpoint_every", "keep_checkpoints",
                 "target_accuracy"],

@@ -14,7 +14,7 @@ from launch_tpu import _flags, main
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--dataset=digits", "--clients=8", "--samples_per_client=20", "--rounds=2", "--degree=3",
-    "--graph_pool=4", "--horizons=4,8", "--local_eval_samples=100", "--devices=2",
+    "--graph_pool=4", "--local_eval_samples=100", "--devices=2",
     "--algorithm=dgd",
 ]
 
