@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ._adaptive import DEFAULT_MAX_STRIDE, DEFAULT_RTOL, hermite, solve_adaptive
+from ._adaptive import DEFAULT_MAX_STRIDE, DEFAULT_RTOL, _RESIDUAL_FLOOR, _rms, hermite, solve_adaptive
 
 _PRECISION = jax.lax.Precision.HIGHEST
 
@@ -176,8 +176,7 @@ def _step_error(tableau, g, d, g1, d1, last, span, residual_t):
     else:
         est = 0.8 * (g - g1) + (0.4 * span) * (d + d1)
     r1 = residual_t(g1)
-    rms = lambda v: jnp.sqrt(jnp.mean(jnp.square(v)))  # noqa: E731
-    return rms(r1 - residual_t(g1 - est)) / (1e-3 + rms(r1))
+    return _rms(r1 - residual_t(g1 - est)) / (_RESIDUAL_FLOOR + _rms(r1))
 
 
 def _scan_grid(
