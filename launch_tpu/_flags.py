@@ -14,7 +14,11 @@ _D = Config()
 
 flags.DEFINE_enum("mode", "train", ["train", "predict"], "train: simulate; predict: seed-002 "
                   "learning-dynamics predictions for dgd/atc/cta on this setting.")
-flags.DEFINE_string("algorithm", _D.algorithm, f"One of {', '.join(ALGORITHMS)} (dpsgd = dgd).")
+flags.DEFINE_string("algorithm", _D.algorithm, f"One of {', '.join(ALGORITHMS)} (dpsgd = dgd), "
+                    "or your own by import path: package.module:attribute (an AlgorithmSpec or a "
+                    "build function; docs/extending.md).")
+flags.DEFINE_multi_string("algorithm_option", [], "KEY=VALUE for your algorithm's own options "
+                          "(AlgorithmSpec.defaults; repeatable).")
 flags.DEFINE_string("dataset", _D.dataset, "fashion_mnist, mnist, emnist, cifar10, two_moons, "
                     "digits, or any tfds image-classification name.")
 flags.DEFINE_string("data_dir", None, "tfds/array_record cache (default $SPARK_TPU_DATA_DIR or "
@@ -99,7 +103,7 @@ FLAGS = flags.FLAGS
 
 # `--help`: the project's flags in these groups (absl's own flags stay in --helpfull).
 GROUPS = {
-    "run": ["mode", "algorithm", "rounds", "seed", "devices", "mesh", "eval_every", "small",
+    "run": ["mode", "algorithm", "algorithm_option", "rounds", "seed", "devices", "mesh", "eval_every", "small",
             "coordinator_address", "num_processes", "process_id"],
     "data": ["dataset", "data_dir", "idx_dir", "partition", "alpha", "shards_per_client",
              "clients", "samples_per_client", "local_eval_samples"],
@@ -173,11 +177,11 @@ def _horizons(values):
         raise ValueError(f"--horizons={','.join(values)}: give integers, e.g. 100,200,400.") from None
 
 
-def _spark_options(values):
+def _pairs(values, flag: str = "spark", example: str = "momentum=nesterov"):
     out = []
     for item in values:
         if "=" not in item:
-            raise ValueError(f"--spark={item}: write KEY=VALUE, e.g. --spark=momentum=0.9.")
+            raise ValueError(f"--{flag}={item}: write KEY=VALUE, e.g. --{flag}={example}.")
         out.append(tuple(item.split("=", 1)))
     return tuple(out)
 
@@ -201,7 +205,8 @@ def config_from_flags(devices: int) -> Config:
         eval_every=f.eval_every,
         local_eval_samples=f.local_eval_samples, target_accuracy=f.target_accuracy,
         checkpoint_every=f.checkpoint_every, keep_checkpoints=f.keep_checkpoints,
-        spark_stages=f.spark_stages, spark_options=_spark_options(f.spark),
+        spark_stages=f.spark_stages, spark_options=_pairs(f.spark),
+        algorithm_options=_pairs(f.algorithm_option, "algorithm_option", "rho=0.5"),
     )
     refuse_unused(cfg, [FIELDS.get(name, name) for name in f if f[name].present])
     if f.small:
@@ -210,4 +215,4 @@ def config_from_flags(devices: int) -> Config:
     return cfg
 
 
-FIELDS = {"spark": "spark_options"}  # launcher flag -> Config field, where they differ
+FIELDS = {"spark": "spark_options", "algorithm_option": "algorithm_options"}  # launcher flag -> Config field, where they differ

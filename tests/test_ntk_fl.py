@@ -8,6 +8,7 @@ import pytest
 from _reference import flat_params, ntk_step
 
 from spark_tpu import algorithms, simulator
+from spark_tpu.algorithms import _ntk_fl
 from spark_tpu.simulator import _build
 
 ETA, HORIZONS, Q, N, C = 0.05, (10, 50, 200, 800), 12, 10, 10
@@ -97,7 +98,11 @@ def test_mse_runs_the_closed_form():
 
 def test_reference_horizons_unless_set(monkeypatch):
     seen = {}
-    monkeypatch.setattr(algorithms, "ntk_fl", lambda model, **kw: seen.update(kw))
+    def fake(model, **kw):
+        seen.update(kw)
+        return algorithms.Algorithm(init=None, round=None)
+
+    monkeypatch.setattr(_ntk_fl, "ntk_fl", fake)  # what the registered spec builds
     _build.make_algorithm(simulator.Config(algorithm="ntk_fl"), None, 10)
     assert seen["horizons"] == (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1500, 2000)
     assert seen["eta"] == 0.01 and seen["participation"] == 0.07

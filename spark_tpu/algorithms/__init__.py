@@ -24,4 +24,12 @@ from ._spark import SparkState as SparkState
 from ._spark import spark as spark
 from ._stages import parse_stages as parse_stages
 from ._server import fedavg as fedavg
+from ._spec import ALGORITHMS as ALGORITHMS
+from ._spec import GRAPH_OPTIONS as GRAPH_OPTIONS
+from ._spec import AlgorithmSpec as AlgorithmSpec
+from ._spec import BuildContext as BuildContext
+from ._spec import as_spec as as_spec
+from ._spec import get as get
+from ._spec import parse_options as parse_options
+from ._spec import register as register
 

@@ -15,6 +15,7 @@ from ._base import (
     Algorithm, Model, ParamsState, RoundContext, alive_degree, client_keys, model_bytes,
 )
 from ._local import local_sgd, minibatch_grad
+from ._spec import AlgorithmSpec, BuildContext, register
 
 
 def _sgd_step(model: Model, lr: float, batch_size: int, loss_name: str = "ce"):
@@ -88,3 +89,35 @@ def dfedavg(
         return ParamsState(new), {"train_loss": loss, "bytes_sent": _bytes(state.params, ctx)}
 
     return Algorithm(init=ParamsState, round=round_)
+
+
+def _build_consensus(order: str):
+    def build(ctx: BuildContext) -> Algorithm:
+        return consensus(ctx.model, lr=ctx.hyper["lr"], batch_size=ctx.hyper["batch_size"],
+                         order=order, loss=ctx.config.loss)
+
+    return build
+
+
+def _build_dfedavg(ctx: BuildContext) -> Algorithm:
+    return dfedavg(ctx.model, **ctx.hyper, loss=ctx.config.loss)
+
+
+# Reference hyperparameters: docs/baselines.md §7.
+_SGD = ("batch_size", "loss")
+register(AlgorithmSpec("dgd", _build_consensus("dgd"), reference=dict(lr=0.1, batch_size=10),
+                       options=_SGD, aliases=("dpsgd", "d-psgd"),
+                       description="D-PSGD / DGD: mix, then a local gradient step"))
+register(AlgorithmSpec("atc", _build_consensus("atc"), reference=dict(lr=0.1, batch_size=10),
+                       options=_SGD, description="adapt-then-combine diffusion"))
+register(AlgorithmSpec("cta", _build_consensus("cta"), reference=dict(lr=0.1, batch_size=10),
+                       options=_SGD, description="combine-then-adapt diffusion"))
+_LOCAL = ("batch_size", "local_epochs", "momentum", "loss")
+register(AlgorithmSpec(
+    "dfedavg", _build_dfedavg, options=_LOCAL,
+    reference=dict(lr=0.1, batch_size=25, local_epochs=20, momentum=0.0),
+    description="DFedAvg: local SGD epochs, then gossip averaging"))
+register(AlgorithmSpec(
+    "dfedavgm", _build_dfedavg, options=_LOCAL,
+    reference=dict(lr=0.01, batch_size=50, local_epochs=20, momentum=0.9),
+    description="DFedAvgM: DFedAvg with local momentum"))

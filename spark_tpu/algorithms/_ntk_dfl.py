@@ -16,12 +16,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from spark_tpu import gossip, ntk
+from absl import logging
+
+from spark_tpu import gossip, ntk, topology
 
 from ._base import (
     BYTES_PER_FLOAT, BYTES_PER_LABEL, Algorithm, Model, ParamsState, RoundContext, alive_degree,
     num_params,
 )
+from ._spec import AlgorithmSpec, BuildContext, register
 
 
 class Pooled(NamedTuple):
@@ -225,3 +228,39 @@ def ntk_dfl(
         return ParamsState(new), metrics
 
     return Algorithm(init=ParamsState, round=round_)
+
+
+# The run options every NTK method reads; NTK-DFL and SPARK also pool neighbourhood data
+# (--degree_buckets) and decay η (--lr_decay).
+NTK_OPTIONS = ("horizons", "solver", "solver_stride", "client_batch", "tau_selection")
+POOLING_OPTIONS = NTK_OPTIONS + ("degree_buckets", "lr_decay")
+
+
+def ntk_options(ctx: BuildContext) -> dict:
+    """The keyword arguments `ntk_dfl` and `spark` share, from the run's configuration."""
+    cfg = ctx.config
+    options = dict(
+        num_classes=ctx.num_classes, eta0=ctx.hyper["lr"], lr_decay=cfg.lr_decay,
+        horizons=cfg.horizons, solver=cfg.solver, loss=cfg.loss, client_batch=cfg.client_batch,
+        solver_stride=cfg.solver_stride, tau_selection=cfg.tau_selection,
+    )
+    plan = ctx.plan
+    if cfg.degree_buckets and plan is not None:
+        options["buckets"] = topology.degree_buckets(plan)
+        if options["buckets"] is not None:
+            slots, big = options["buckets"]
+            logging.info(
+                "pooled data in two widths: %d of %d neighbourhood slots for every client, all "
+                "for the %d fullest per device (--degree_buckets)", slots, plan.max_degree + 1, big,
+            )
+    return options
+
+
+def _build(ctx: BuildContext) -> Algorithm:
+    return ntk_dfl(ctx.model, **ntk_options(ctx))
+
+
+# Reference step size η0: docs/ntk_dfl.md §3.
+register(AlgorithmSpec("ntk_dfl", _build, reference=dict(lr=0.01),
+                       options=POOLING_OPTIONS + ("loss",),
+                       description="NTK-DFL: neighbours exchange Jacobians, evolve, average"))

@@ -61,6 +61,7 @@ from spark_tpu import gossip, ntk
 
 from ._base import BYTES_PER_FLOAT, BYTES_PER_LABEL, Algorithm, Model, RoundContext, num_params
 from ._server import sample_clients
+from ._spec import AlgorithmSpec, BuildContext, register
 
 # The reference horizons of NTK-FL (docs/ntk_fl.md §2).
 NTK_FL_HORIZONS = (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1500, 2000)
@@ -223,3 +224,23 @@ def ntk_fl(
         return NTKFLState(params, jnp.full((slots,), ctx.round, jnp.int32)), metrics
 
     return Algorithm(init=_init, round=round_)
+
+
+def _build(ctx: BuildContext) -> Algorithm:
+    """docs/ntk_fl.md §2: a constant η (no --lr_decay); NTK-FL's own horizons unless --horizons
+    differs from the NTK-DFL default (passing exactly that default gives NTK-FL's)."""
+    cfg = ctx.config
+    left_default = cfg.horizons == type(cfg).__dataclass_fields__["horizons"].default
+    return ntk_fl(
+        ctx.model, num_clients=ctx.num_clients, num_classes=ctx.num_classes,
+        participation=cfg.participation, eta=ctx.hyper["lr"], solver=cfg.solver, loss=cfg.loss,
+        solver_stride=cfg.solver_stride, tau_selection=cfg.tau_selection,
+        horizons=NTK_FL_HORIZONS if left_default else cfg.horizons,
+    )
+
+
+register(AlgorithmSpec(
+    "ntk_fl", _build, uses_graph=False, reference=dict(lr=0.01),
+    options=("horizons", "solver", "solver_stride", "client_batch", "tau_selection",
+             "participation", "client_dropout", "loss"),
+    description="NTK-FL: a server pools Jacobians and evolves in function space"))

@@ -13,6 +13,7 @@ from spark_tpu import gossip
 
 from ._base import Algorithm, Model, ParamsState, RoundContext, client_keys, model_bytes
 from ._local import local_sgd, minibatch_grad
+from ._spec import AlgorithmSpec, BuildContext, register
 
 
 def sample_clients(key, ctx: RoundContext, num_clients: int, fraction: float):
@@ -80,3 +81,23 @@ def centralized(
         return ParamsState(new), {"train_loss": loss, "bytes_sent": jnp.zeros_like(loss)}
 
     return Algorithm(init=ParamsState, round=round_)
+
+
+def _build_fedavg(ctx: BuildContext) -> Algorithm:
+    return fedavg(ctx.model, num_clients=ctx.num_clients, participation=ctx.config.participation,
+                  **ctx.hyper, loss=ctx.config.loss)
+
+
+def _build_centralized(ctx: BuildContext) -> Algorithm:
+    return centralized(ctx.model, num_clients=ctx.num_clients, **ctx.hyper, loss=ctx.config.loss)
+
+
+# Reference hyperparameters: docs/baselines.md §7.
+register(AlgorithmSpec(
+    "fedavg", _build_fedavg, uses_graph=False,
+    reference=dict(lr=0.1, batch_size=25, local_epochs=20, momentum=0.0),
+    options=("batch_size", "local_epochs", "momentum", "participation", "client_dropout", "loss"),
+    description="FedAvg: sampled clients train locally, the server averages"))
+register(AlgorithmSpec(
+    "centralized", _build_centralized, uses_graph=False, reference=dict(lr=0.1, batch_size=10),
+    options=("batch_size", "loss"), description="SGD on the pooled data (the reference)"))

@@ -27,9 +27,11 @@ from spark_tpu.ntk._projection import back_project_with, project_jacobian_with, 
 
 from ._base import BYTES_PER_FLOAT, Algorithm, Model, RoundContext, alive_degree, num_params
 from ._ntk_dfl import (
-    bucket_rows, evolve_clients, map_clients, ntk_dfl_bytes, pool_neighbourhood, selection_bytes,
+    POOLING_OPTIONS, bucket_rows, evolve_clients, map_clients, ntk_dfl_bytes, ntk_options,
+    pool_neighbourhood, selection_bytes,
 )
-from ._stages import parse_stages
+from ._spec import AlgorithmSpec, BuildContext, register
+from ._stages import Schedule, parse_stages
 
 # Chosen by experiments/spark_ablation.py (results/spark_ablation.md): a 3-round warm-up of plain
 # NTK-DFL keeps the untrained initial model from acting as teacher (with λ > 0 from round 0 the
@@ -125,7 +127,7 @@ def _pool_with_teacher(
 
 
 def spark(
-    model: Model, *, num_classes: int, stages: str = "", rounds: int, options: dict | None = None,
+    model: Model, *, num_classes: int, stages: str | Schedule = "", rounds: int, options: dict | None = None,
     eta0: float = 0.01, lr_decay: float = 0.07, horizons=(100, 200, 400, 600, 800),
     solver: str = "adaptive", loss: str = "ce", client_batch: int = 0, solver_stride: int = 1,
     buckets: tuple[int, int] | None = None, tau_selection: str = "pooled",
@@ -145,20 +147,11 @@ def spark(
     Metrics: ``train_loss`` is the plain cross-entropy at u_q on the pooled data (what NTK-DFL
     reports at w̄_q); ``objective`` is the regularized loss there, the one the step minimizes.
     """
-    if loss != "ce":
-        raise ValueError(
-            f"--loss={loss}: SPARK's soft-label regularizer is defined for cross-entropy; "
-            "use --loss=ce."
-        )
-    schedule = parse_stages(stages or DEFAULT_STAGES, rounds)
+    if not isinstance(stages, Schedule):
+        stages = parse_stages(stages or DEFAULT_STAGES, rounds)
+    schedule = stages
     opts = resolve_options(options or {})
-    exact_projected = opts["projection"] != "none" and opts["weight_step"] == "exact"
-    if tau_selection == "linearized" and exact_projected:
-        raise ValueError(
-            "--tau_selection=linearized with --spark=weight_step=exact: q holds only J·P, and the "
-            "exact Δw_τ is not in the projected subspace, so J Δw_τ would need another exchange; "
-            "use --tau_selection=pooled or --spark=weight_step=backproject."
-        )
+    _refuse_combinations(loss, tau_selection, opts)
     eta = ntk.lr_schedule(eta0, lr_decay)
 
     def round_(state: SparkState, ctx: RoundContext):
@@ -254,3 +247,41 @@ def _projected_bytes(ctx, one, num_classes, opts, model, pooled, num_horizons):
         neighbour_rows * num_classes + alive_degree(ctx) * num_params(one)
     ) * BYTES_PER_FLOAT
     return base + exchange
+
+
+def _refuse_combinations(loss: str, tau_selection: str, opts: dict) -> None:
+    if loss != "ce":
+        raise ValueError(
+            f"--loss={loss}: SPARK's soft-label regularizer is defined for cross-entropy; "
+            "use --loss=ce."
+        )
+    if tau_selection == "linearized" and opts["projection"] != "none" and (
+        opts["weight_step"] == "exact"
+    ):
+        raise ValueError(
+            "--tau_selection=linearized with --spark=weight_step=exact: q holds only J·P, and the "
+            "exact Δw_τ is not in the projected subspace, so J Δw_τ would need another exchange; "
+            "use --tau_selection=pooled or --spark=weight_step=backproject."
+        )
+
+
+def check_flags(cfg) -> None:
+    """The stage schedule, the options and their combinations, from the flags alone (called when
+    the configuration is built, before any data loads)."""
+    parse_stages(cfg.spark_stages or DEFAULT_STAGES, cfg.rounds)
+    _refuse_combinations(cfg.loss, cfg.tau_selection, resolve_options(dict(cfg.spark_options)))
+
+
+def _build(ctx: BuildContext) -> Algorithm:
+    cfg = ctx.config
+    return spark(
+        ctx.model, stages=parse_stages(cfg.spark_stages or DEFAULT_STAGES, cfg.rounds),
+        rounds=cfg.rounds, options=resolve_options(dict(cfg.spark_options)), **ntk_options(ctx),
+    )
+
+
+register(AlgorithmSpec(
+    "spark", _build, reference=dict(lr=0.01),
+    options=POOLING_OPTIONS + ("spark_stages", "spark_options"),
+    state_options=("spark_stages", "spark_options"), validate=check_flags,
+    description="SPARK: NTK-DFL + Nesterov momentum + an annealed soft-label regularizer"))

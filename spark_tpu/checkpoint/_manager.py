@@ -37,14 +37,15 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from spark_tpu.simulator import Config, DivergenceError, _outputs, run
+from spark_tpu import algorithms
+from spark_tpu.simulator import Callback, Config, DivergenceError, _outputs, run
 
 FORMAT = 1
 # Flags that change what the saved state means (its structure, shapes, or whose data a client
 # holds): a resume must not change them.
 STATE_FLAGS = (
     "algorithm", "clients", "model", "dataset", "partition", "alpha", "shards_per_client",
-    "samples_per_client", "seed", "devices", "spark_stages", "spark_options",
+    "samples_per_client", "seed", "devices", "spark_stages", "spark_options", "algorithm_options",
     # which client sits where on the mesh (a torus may tile a 2-D mesh): the state's row order
     "mesh", "topology", "torus_shape",
 )
@@ -122,12 +123,15 @@ def _canonical(value):
 def flag_differences(saved: dict, now: dict) -> tuple[list[str], list[str]]:
     """(state-changing, trajectory-changing) differences between two configs, as text."""
     state, trajectory = [], []
+    state_keys = set(STATE_FLAGS)
+    if now.get("algorithm") in algorithms.ALGORITHMS:  # and what its spec says changes its state
+        state_keys |= set(algorithms.get(now["algorithm"]).state_options)
     for key in sorted(set(saved) | set(now)):
         if key in FREE_FLAGS and not (key == "rounds" and now.get("algorithm") == "spark"):
             continue  # SPARK's last stage is annealed up to --rounds.
         a, b = _canonical(saved.get(key)), _canonical(now.get(key))
         if a != b:
-            (state if key in STATE_FLAGS else trajectory).append(f"--{key}: saved {a!r}, now {b!r}")
+            (state if key in state_keys else trajectory).append(f"--{key}: saved {a!r}, now {b!r}")
     return state, trajectory
 
 
@@ -184,7 +188,7 @@ def _refuse_existing(workdir: epath.Path) -> None:
     raise ValueError(EXISTING.format(dir=workdir, steps=steps, latest=latest))
 
 
-class CheckpointHooks:
+class CheckpointHooks(Callback):
     """``simulator.run`` hooks: restore at start (``--resume``), save every K rounds.
 
     Constructing it checks everything the flags and the output directory alone decide (bad

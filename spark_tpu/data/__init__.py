@@ -7,6 +7,7 @@ array_record cache once; `load_dataset` reads it with `tfds.data_source` (no Ten
 from ._dataset import REFERENCE_STATS as REFERENCE_STATS
 from ._dataset import Dataset as Dataset
 from ._dataset import channel_stats as channel_stats
+from ._dataset import from_arrays as from_arrays
 from ._dataset import normalize as normalize
 from ._errors import CorruptDataError as CorruptDataError
 from ._errors import DatasetNotFoundError as DatasetNotFoundError
@@ -17,6 +18,7 @@ from ._idx import read_idx as read_idx
 from ._load import load_dataset as load_dataset
 from ._partition import PARTITIONERS as PARTITIONERS
 from ._partition import Partition as Partition
+from ._partition import from_index_lists as from_index_lists
 from ._partition import partition as partition
 from ._prepare import default_data_dir as default_data_dir
 from ._prepare import prepare_dataset as prepare_dataset

@@ -108,3 +108,49 @@ def image_stats(name: str, train_x: np.ndarray) -> tuple[tuple[float, ...], tupl
     if name in REFERENCE_STATS:
         return REFERENCE_STATS[name]
     return channel_stats(train_x, 255.0)
+
+
+def from_arrays(
+    train_x, train_y, test_x, test_y, *, num_classes: int | None = None, name: str = "arrays",
+    scale: float | None = None,
+) -> Dataset:
+    """A `Dataset` from your own numpy arrays (docs/extending.md §4).
+
+    Args:
+      train_x: ``[N, ...]`` inputs, channels last (uint8 pixels, or real-valued features).
+      train_y: ``[N]`` integer labels in ``[0, num_classes)``.
+      test_x: like ``train_x``.
+      test_y: like ``train_y``.
+      num_classes: C (default: the largest label + 1).
+      name: what summaries call it.
+      scale: the raw value range (default 255 for uint8 inputs, else 1); inputs are normalized by
+        the train split's per-channel mean and standard deviation of ``x / scale``.
+
+    Examples:
+      >>> rng = np.random.default_rng(0)
+      >>> ds = from_arrays(rng.normal(size=(40, 3)), rng.integers(0, 2, 40),
+      ...                  rng.normal(size=(10, 3)), rng.integers(0, 2, 10))
+      >>> ds.num_classes, ds.input_shape, ds.train_y.dtype
+      (2, (3,), dtype('int32'))
+    """
+    train_x, test_x = np.asarray(train_x), np.asarray(test_x)
+    train_y, test_y = (np.asarray(y) for y in (train_y, test_y))
+    for what, y in (("train_y", train_y), ("test_y", test_y)):
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{what}: expected integer labels [N], got {y.dtype} {y.shape}.")
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise ValueError(f"inputs and labels differ in length: train {len(train_x)} vs "
+                         f"{len(train_y)}, test {len(test_x)} vs {len(test_y)}.")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise ValueError(f"train and test inputs differ in shape: {train_x.shape[1:]} vs "
+                         f"{test_x.shape[1:]}.")
+    c = int(num_classes) if num_classes is not None else int(max(train_y.max(), test_y.max())) + 1
+    if min(train_y.min(), test_y.min()) < 0 or max(train_y.max(), test_y.max()) >= c:
+        raise ValueError(f"labels must lie in [0, {c}); got [{min(train_y.min(), test_y.min())}, "
+                         f"{max(train_y.max(), test_y.max())}].")
+    if scale is None:
+        scale = 255.0 if train_x.dtype == np.uint8 else 1.0
+    features = train_x if train_x.ndim > 1 else train_x[:, None]
+    mean, std = channel_stats(features, scale)
+    return Dataset(name, train_x, train_y.astype(np.int32), test_x, test_y.astype(np.int32), c,
+                   tuple(train_x.shape[1:]), mean, std, float(scale))

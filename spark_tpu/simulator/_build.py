@@ -3,36 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
+
+import equinox as eqx
 
 import jax
 import numpy as np
 from absl import logging
 
-from spark_tpu import algorithms, data, models, topology
+from spark_tpu import algorithms, data, models, registry, topology
 
-from ._config import Config
+from ._config import CUSTOM, Config
 
-# Reference hyperparameters (docs/ntk_dfl.md §3 and docs/baselines.md §7) used when a flag is left unset.
-REFERENCE = {
-    "dgd": dict(lr=0.1, batch_size=10),
-    "atc": dict(lr=0.1, batch_size=10),
-    "cta": dict(lr=0.1, batch_size=10),
-    "dfedavg": dict(lr=0.1, batch_size=25, local_epochs=20, momentum=0.0),
-    "dfedavgm": dict(lr=0.01, batch_size=50, local_epochs=20, momentum=0.9),
-    "fedavg": dict(lr=0.1, batch_size=25, local_epochs=20, momentum=0.0),
-    "centralized": dict(lr=0.1, batch_size=10),
-    "ntk_dfl": dict(lr=0.01),
-    "spark": dict(lr=0.01),
-    "ntk_fl": dict(lr=0.01),
-}
+# Reference hyperparameters of the registered algorithms (docs/ntk_dfl.md §3 and docs/baselines.md
+# §7), used when a flag is left unset; each algorithm's spec carries its own.
+REFERENCE = {name: dict(algorithms.get(name).reference) for name in algorithms.ALGORITHMS.names()}
+HYPERPARAMETERS = ("lr", "batch_size", "local_epochs", "momentum")
 
 
 def hyperparameters(cfg: Config) -> dict[str, Any]:
     """The reference values for the algorithm, overridden by every flag the user set."""
-    hp = dict(REFERENCE[cfg.algorithm])
-    for name in ("lr", "batch_size", "local_epochs", "momentum"):
-        if getattr(cfg, name) is not None:
+    spec = cfg.spec
+    hp = dict(spec.reference)
+    for name in HYPERPARAMETERS:
+        if getattr(cfg, name) is not None and (name in hp or spec.reads(name)):
             hp[name] = getattr(cfg, name)
     if hp.get("batch_size", 1) < 1:
         raise ValueError(f"--batch_size={hp['batch_size']}: must be ≥ 1.")
@@ -42,56 +36,23 @@ def hyperparameters(cfg: Config) -> dict[str, Any]:
 def make_algorithm(
     cfg: Config, model: algorithms.Model, num_classes: int, plan: topology.GossipPlan | None = None
 ) -> algorithms.Algorithm:
-    """The algorithm named by --algorithm with its hyperparameters closed over (``plan``: the
-    gossip plan, whose degrees size the NTK step's pooled-data buckets)."""
-    hp = hyperparameters(cfg)
-    a = cfg.algorithm
-    if a in ("dgd", "atc", "cta"):
-        return algorithms.consensus(
-            model, lr=hp["lr"], batch_size=hp["batch_size"], order=a, loss=cfg.loss
-        )
-    if a in ("dfedavg", "dfedavgm"):
-        return algorithms.dfedavg(model, **hp, loss=cfg.loss)
-    if a == "fedavg":
-        return algorithms.fedavg(
-            model, num_clients=cfg.clients, participation=cfg.participation, **hp, loss=cfg.loss
-        )
-    if a == "centralized":
-        return algorithms.centralized(model, num_clients=cfg.clients, **hp, loss=cfg.loss)
-    ntk_options = dict(
-        num_classes=num_classes, eta0=hp["lr"], lr_decay=cfg.lr_decay, horizons=cfg.horizons,
-        solver=cfg.solver, loss=cfg.loss, client_batch=cfg.client_batch,
-        solver_stride=cfg.solver_stride, tau_selection=cfg.tau_selection,
+    """The algorithm named by --algorithm, built by its registered spec with its hyperparameters
+    (``plan``: the gossip plan, whose degrees size the NTK step's pooled-data buckets)."""
+    spec = cfg.spec
+    ctx = algorithms.BuildContext(
+        model=model, num_classes=num_classes, num_clients=cfg.clients, rounds=cfg.rounds,
+        hyper=hyperparameters(cfg), options=algorithms.parse_options(spec, cfg.algorithm_options),
+        config=cfg, plan=plan,
     )
-    if a in ("ntk_dfl", "spark") and cfg.degree_buckets and plan is not None:
-        ntk_options["buckets"] = topology.degree_buckets(plan)
-        if ntk_options["buckets"] is not None:
-            slots, big = ntk_options["buckets"]
-            logging.info(
-                "pooled data in two widths: %d of %d neighbourhood slots for every client, all "
-                "for the %d fullest per device (--degree_buckets)", slots, plan.max_degree + 1, big,
-            )
-    if a == "ntk_dfl":
-        return algorithms.ntk_dfl(model, **ntk_options)
-    if a == "spark":
-        return algorithms.spark(
-            model, stages=cfg.spark_stages, rounds=cfg.rounds, options=dict(cfg.spark_options),
-            **ntk_options,
-        )
-    if a == "ntk_fl":  # docs/ntk_fl.md §2: constant η (--lr_decay is ignored); NTK-FL's horizons, unless
-        # --horizons differs from the NTK-DFL default (passing exactly that default gives these).
-        left_default = cfg.horizons == Config.__dataclass_fields__["horizons"].default
-        return algorithms.ntk_fl(
-            model, num_clients=cfg.clients, num_classes=num_classes,
-            participation=cfg.participation, eta=hp["lr"], solver=cfg.solver, loss=cfg.loss,
-            solver_stride=cfg.solver_stride, tau_selection=cfg.tau_selection,
-            horizons=algorithms.NTK_FL_HORIZONS if left_default else cfg.horizons,
-        )
-    raise ValueError(f"--algorithm={a} is not available yet.")
+    algorithm = spec.build(ctx)
+    if not isinstance(algorithm, algorithms.Algorithm):
+        raise TypeError(f"--algorithm={cfg.algorithm}: its build function returned a "
+                        f"{type(algorithm).__name__}, not an Algorithm(init, round).")
+    return algorithm
 
 
 def make_topology(cfg: Config) -> topology.Topology:
-    name = "complete" if cfg.algorithm in ("fedavg", "centralized", "ntk_fl") else cfg.topology
+    name = cfg.topology if cfg.spec.uses_graph else "complete"
     return topology.Topology(
         name=name, clients=cfg.clients, degree=cfg.degree, mixing=cfg.mixing,
         time_varying=cfg.time_varying and name in ("regular", "erdos_renyi"),
@@ -141,28 +102,79 @@ def horizon_warning(cfg: Config, topology_summary: dict) -> str | None:
     return None
 
 
-def build(cfg: Config, devices: int) -> Setup:
+class Custom(NamedTuple):
+    """A user's own objects in place of the named built-ins (`spark_tpu.simulate`); the Config then
+    holds the label ``custom`` (or the data set's name) for each."""
+
+    model: Any = None  # an Equinox module, or a factory (input_shape, num_classes, *, key)
+    dataset: Any = None  # a data.Dataset
+    partition: Any = None  # a data.Partition
+    graph: Any = None  # a topology.GraphSequence or topology.Topology
+
+
+def make_model(cfg: Config, ds, custom: Custom):
+    """The initial network: the user's module, a factory (custom or ``--model=pkg.mod:attr``),
+    or a built-in by name."""
+    key = jax.random.key(cfg.seed)
+    factory = custom.model
+    if factory is None and registry.is_import_path(cfg.model):
+        factory = registry.import_object(cfg.model, "model")
+    if factory is None:
+        if cfg.model == CUSTOM:
+            raise ValueError("--model=custom: pass the model object (spark_tpu.simulate(model=...)).")
+        return models.make_model(cfg.model, ds.input_shape, ds.num_classes, key=key)
+    if isinstance(factory, eqx.Module):
+        return factory
+    net = factory(ds.input_shape, num_classes=ds.num_classes, key=key)
+    if not isinstance(net, eqx.Module):
+        raise TypeError(f"--model={cfg.model}: the factory returned a {type(net).__name__}, not an "
+                        "Equinox module.")
+    return net
+
+
+def _check_partition(part, cfg: Config, ds) -> None:
+    count = len(part.sizes)
+    if count != cfg.clients:
+        raise ValueError(f"the partition has {count} clients but --clients={cfg.clients}.")
+    if (part.sizes < 1).any():
+        raise ValueError(f"partition: client {int(np.argmin(part.sizes))} holds no examples.")
+    top = int(part.indices[part.mask].max())
+    if top >= len(ds.train_y) or int(part.indices[part.mask].min()) < 0:
+        raise ValueError(f"partition: index {top} is outside the {len(ds.train_y)} training "
+                         "examples.")
+
+
+def build(cfg: Config, devices: int, custom: Custom = Custom()) -> Setup:
     """Draws the graphs and checks the flags that need no data, then loads data, partitions it
     and builds the model and algorithm (a bad flag fails before the data loads)."""
     hyperparameters(cfg)
-    if cfg.algorithm == "spark":  # the stage schedule and options parse without data
-        algorithms.parse_stages(cfg.spark_stages or algorithms.DEFAULT_SPARK_STAGES, cfg.rounds)
-        algorithms.resolve_spark_options(dict(cfg.spark_options))
-    topo = make_topology(cfg)  # --mesh: a torus may tile a 2-D mesh (topology docs)
+    topo = custom.graph if custom.graph is not None else make_topology(cfg)
+    if topo.clients != cfg.clients:
+        raise ValueError(f"the graph has {topo.clients} clients but --clients={cfg.clients}.")
     layout = topology.device_layout(topo.name, cfg.clients, devices, cfg.mesh, topo.torus_shape)
     plan = topology.build_plan(topo.mixing_matrices(), devices, topo.weight_rule, layout)
-    ds = data.load_dataset(cfg.dataset, data_dir=cfg.data_dir, idx_dir=cfg.idx_dir)
-    part = data.partition(
-        ds.train_y, cfg.clients, method=cfg.partition, alpha=cfg.alpha,
-        samples_per_client=cfg.samples_per_client, shards_per_client=cfg.shards_per_client,
-        seed=cfg.seed,
-    )
+    if getattr(topo, "order", "random") != "random":
+        plan = dataclasses.replace(plan, order=topo.order)
+    if custom.dataset is not None:
+        ds = custom.dataset
+    else:
+        ds = data.load_dataset(cfg.dataset, data_dir=cfg.data_dir, idx_dir=cfg.idx_dir)
+    if custom.partition is not None:
+        part = custom.partition
+    elif cfg.partition == CUSTOM:
+        raise ValueError("--partition=custom: pass the partition (spark_tpu.simulate(partition=...)).")
+    else:
+        part = data.partition(
+            ds.train_y, cfg.clients, method=cfg.partition, alpha=cfg.alpha,
+            samples_per_client=cfg.samples_per_client, shards_per_client=cfg.shards_per_client,
+            seed=cfg.seed,
+        )
+    _check_partition(part, cfg, ds)
     arrays = data.pad_clients(data.federated_arrays(ds, part), devices)
     summary = topo.summary()
     if (warning := horizon_warning(cfg, summary)) is not None:
         logging.warning(warning)
-    net = models.make_model(cfg.model, ds.input_shape, ds.num_classes, key=jax.random.key(cfg.seed))
-    params, model = algorithms.split_model(net)
+    params, model = algorithms.split_model(make_model(cfg, ds, custom))
     return Setup(
         cfg=cfg, dataset=ds, arrays=arrays,
         partition_summary=data.partition_summary(part, ds.train_y, ds.num_classes),

@@ -7,63 +7,70 @@ from __future__ import annotations
 
 import dataclasses
 
-ALGORITHMS = (
-    "dgd", "atc", "cta", "dfedavg", "dfedavgm", "fedavg", "centralized", "ntk_fl", "ntk_dfl",
-    "spark",
-)
-ALIASES = {"dpsgd": "dgd", "d-psgd": "dgd"}
+from spark_tpu import algorithms, registry
+
+ALGORITHMS = algorithms.ALGORITHMS.names()  # the built-ins; see `algorithms.register` for more
 PARTITIONS = ("dirichlet", "dirichlet_disjoint", "iid", "shards")
 MODELS = ("mlp", "cnn", "ntk_mlp", "linear")
 LOSSES = ("ce", "mse")
 # "adaptive" (error-controlled RK4) or a fixed-step key of spark_tpu.ntk.TABLEAUX
 SOLVERS = ("adaptive", "rk4", "bosh3", "dopri5", "midpoint", "euler", "rkc4", "rkc6")
 TAU_SELECTIONS = ("pooled", "linearized")  # how the NTK step picks τ* (algorithms.selection_bytes)
+# The label of a model, partition or graph given as an object to `spark_tpu.simulate`.
+CUSTOM = "custom"
 
-GRADIENT = ("dgd", "atc", "cta", "dfedavg", "dfedavgm", "fedavg", "centralized")
-NTK = ("ntk_dfl", "spark", "ntk_fl")
-GRAPH = ("dgd", "atc", "cta", "dfedavg", "dfedavgm", "ntk_dfl", "spark")  # gossip over a graph
-# Which algorithms each algorithm-specific option changes (a flag not listed applies to every
-# algorithm: data, model, rounds, seed, evaluation, devices, checkpoints). `refuse_unused` stops a
-# run that sets one of these for another algorithm, instead of silently ignoring it.
-APPLIES = {
-    "topology": (GRAPH, "the server algorithms use no graph"),
-    "degree": (GRAPH, "the server algorithms use no graph"),
-    "mixing": (GRAPH, "the server algorithms use no graph"),
-    "time_varying": (GRAPH, "the server algorithms use no graph"),
-    "graph_pool": (GRAPH, "the server algorithms use no graph"),
-    "edge_probability": (GRAPH, "the server algorithms use no graph"),
-    "torus_shape": (GRAPH, "the server algorithms use no graph"),
-    "topology_file": (GRAPH, "the server algorithms use no graph"),
-    "link_failure": (GRAPH, "the server algorithms use no graph links"),
-    "client_dropout": (GRAPH + ("fedavg", "ntk_fl"), "centralized SGD has no clients to drop"),
-    "lr_decay": (("ntk_dfl", "spark"), "only NTK-DFL and SPARK decay η (NTK-FL's η is constant)"),
-    "batch_size": (GRADIENT, "the NTK methods use every sample"),
-    "local_epochs": (("dfedavg", "dfedavgm", "fedavg"), "only DFedAvg(M) and FedAvg train locally"),
-    "momentum": (("dfedavg", "dfedavgm", "fedavg"), "it is the local SGD momentum of "
-                 "DFedAvg(M)/FedAvg (SPARK's μ is set in --spark_stages)"),
-    "participation": (("fedavg", "ntk_fl"), "only FedAvg and NTK-FL sample clients"),
-    "horizons": (NTK, "only the NTK methods have horizons"),
-    "solver": (NTK, "only the NTK methods solve a function-space flow"),
-    "solver_stride": (NTK, "only the NTK methods solve a function-space flow"),
-    "client_batch": (NTK, "only the NTK methods batch their evolution steps"),
-    "tau_selection": (NTK, "only the NTK methods choose a horizon τ*"),
-    "degree_buckets": (("ntk_dfl", "spark"), "only NTK-DFL and SPARK pool neighbourhood data"),
-    "loss": (GRADIENT + ("ntk_dfl", "ntk_fl"), "SPARK's soft-label regularizer is defined for "
-             "cross-entropy"),
-    "spark_stages": (("spark",), "it configures SPARK only"),
-    "spark_options": (("spark",), "it configures SPARK only"),
+# Why each algorithm-specific option does nothing for the built-in algorithms that do not read it
+# (`AlgorithmSpec.options` says which do). `refuse_unused` stops a run that sets one of these for
+# an algorithm that does not read it, instead of silently ignoring it. A flag not listed here
+# applies to every algorithm: data, model, rounds, seed, evaluation, devices, checkpoints.
+_NO_GRAPH = "the server algorithms use no graph"
+REASONS = {
+    **{name: _NO_GRAPH for name in algorithms.GRAPH_OPTIONS},
+    "link_failure": "the server algorithms use no graph links",
+    "client_dropout": "centralized SGD has no clients to drop",
+    "lr_decay": "only NTK-DFL and SPARK decay η (NTK-FL's η is constant)",
+    "batch_size": "the NTK methods use every sample",
+    "local_epochs": "only DFedAvg(M) and FedAvg train locally",
+    "momentum": "it is the local SGD momentum of DFedAvg(M)/FedAvg (SPARK's μ is set in "
+                "--spark_stages)",
+    "participation": "only FedAvg and NTK-FL sample clients",
+    "horizons": "only the NTK methods have horizons",
+    "solver": "only the NTK methods solve a function-space flow",
+    "solver_stride": "only the NTK methods solve a function-space flow",
+    "client_batch": "only the NTK methods batch their evolution steps",
+    "tau_selection": "only the NTK methods choose a horizon τ*",
+    "degree_buckets": "only NTK-DFL and SPARK pool neighbourhood data",
+    "loss": "SPARK's soft-label regularizer is defined for cross-entropy",
+    "spark_stages": "it configures SPARK only",
+    "spark_options": "it configures SPARK only",
 }
+
+
+def applies() -> dict[str, tuple[tuple[str, ...], str]]:
+    """For every algorithm-specific option: (the registered algorithms that read it, why it does
+    nothing for the others)."""
+    specs = [algorithms.get(name) for name in algorithms.ALGORITHMS.names()]
+    return {
+        option: (tuple(s.name for s in specs if s.reads(option)), reason)
+        for option, reason in REASONS.items()
+    }
+
+
+APPLIES = applies()  # of the built-ins
 FLAG_NAMES = {"spark_options": "spark"}  # Config field -> launcher flag, where they differ
 
 
 def refuse_unused(cfg: "Config", given) -> None:
     """Raises a one-line ValueError for the first flag in ``given`` (Config field names the user
     set) that would not change a run of ``cfg.algorithm``."""
+    spec = algorithms.get(cfg.algorithm)
     for name in given:
         flag = "--" + FLAG_NAMES.get(name, name)
-        if name in APPLIES and cfg.algorithm not in APPLIES[name][0]:
+        if name in REASONS and not spec.reads(name):
+            reason = REASONS[name] if cfg.algorithm in ALGORITHMS else (
+                f"{cfg.algorithm} does not read it (its AlgorithmSpec.options)")
             raise ValueError(f"{flag} does nothing for --algorithm={cfg.algorithm}: "
-                             f"{APPLIES[name][1]}; remove it.")
+                             f"{reason}; remove it.")
         if name in ("solver", "solver_stride") and cfg.loss == "mse":
             raise ValueError(f"{flag} does nothing with --loss=mse: the MSE flow is solved in "
                              "closed form; remove it.")
@@ -117,13 +124,15 @@ class Config:
     keep_checkpoints: int = 2
     spark_stages: str = ""
     spark_options: tuple[tuple[str, str], ...] = ()
+    algorithm_options: tuple[tuple[str, str], ...] = ()  # the algorithm's own (AlgorithmSpec.defaults)
 
     def __post_init__(self):
-        algo = ALIASES.get(self.algorithm, self.algorithm)
-        object.__setattr__(self, "algorithm", algo)
-        _choice("--algorithm", algo, ALGORITHMS + tuple(ALIASES))
-        _choice("--partition", self.partition, PARTITIONS)
-        _choice("--model", self.model, MODELS)
+        object.__setattr__(self, "algorithm", algorithms.ALGORITHMS.canonical(self.algorithm))
+        spec = algorithms.get(self.algorithm)  # a one-line error for an unknown name
+        if self.partition != CUSTOM:  # custom: an object given to spark_tpu.simulate
+            _choice("--partition", self.partition, PARTITIONS)
+        if self.model != CUSTOM and not registry.is_import_path(self.model):  # pkg.mod:factory
+            _choice("--model", self.model, MODELS)
         _choice("--loss", self.loss, LOSSES)
         _choice("--tau_selection", self.tau_selection, TAU_SELECTIONS)
         _positive("--clients", self.clients, minimum=2)
@@ -161,6 +170,14 @@ class Config:
             raise ValueError(f"--target_accuracy={self.target_accuracy}: must be in (0, 1].")
         refuse_unused(self, [k for k in ("loss", "spark_stages", "spark_options")
                              if getattr(self, k) != _DEFAULTS[k]])
+        algorithms.parse_options(spec, self.algorithm_options)
+        if spec.validate is not None:  # e.g. SPARK's stages and options, before any data loads
+            spec.validate(self)
+
+    @property
+    def spec(self) -> "algorithms.AlgorithmSpec":
+        """The algorithm's registered spec."""
+        return algorithms.get(self.algorithm)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

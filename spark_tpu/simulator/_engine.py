@@ -55,7 +55,10 @@ def round_context(inputs: Inputs, plan: GossipPlan, faults: Faults, r) -> RoundC
     """The round's keys, graph, faults and local data, identical on any device layout."""
     key = jax.random.fold_in(inputs.root_key, r)
     k_graph, k_fail, k_drop, k_algo = jax.random.split(key, 4)
-    g = jax.random.randint(k_graph, (), 0, plan.pool_size, dtype=jnp.int32)
+    if plan.order == "cycle":
+        g = jnp.mod(r, plan.pool_size).astype(jnp.int32)
+    else:
+        g = jax.random.randint(k_graph, (), 0, plan.pool_size, dtype=jnp.int32)
     q_pad = plan.slots * plan.num_devices
     up = jax.random.uniform(k_drop, (q_pad,), dtype=jnp.float32) >= faults.client_dropout
     active_all = up & inputs.real

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import os
 import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +27,8 @@ class DivergenceError(RuntimeError):
 
 
 DIVERGED = (
-    "Round {round}: client {client} has a non-finite model (NaN or Inf). The run stopped; the last "
-    "good checkpoint (if any) is kept in {workdir}. Lower --lr or check the data."
+    "Round {round}: client {client} has a non-finite model (NaN or Inf). The run stopped{kept}. "
+    "Lower --lr or check the data."
 )
 
 
@@ -61,9 +63,9 @@ def make_mesh(devices: int, shape: tuple[int, ...] | None = None) -> jax.shardin
 class Simulation:
     """A configured run: the placed state and inputs, and the compiled chunks."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, custom: _build.Custom = _build.Custom()):
         self.cfg = cfg
-        s = self.setup = _build.build(cfg, cfg.devices)
+        s = self.setup = _build.build(cfg, cfg.devices, custom)
         self.mesh = make_mesh(cfg.devices, s.plan.mesh_shape)
         logging.info("mesh %s, %d halo exchanges", dict(self.mesh.shape), len(s.plan.shifts))
         c = _engine.client_spec(self.mesh)
@@ -125,6 +127,11 @@ class Simulation:
         local, agg, dist = (_engine.to_host(v) for v in (local, agg, dist))
         return local[self._client_order][: self.cfg.clients], float(agg), float(dist)
 
+    def client_state(self):
+        """The algorithm state on the host, every leaf [clients, ...] in client-id order."""
+        order = self._client_order[: self.cfg.clients]
+        return jax.tree.map(lambda v: _engine.to_host(v)[order], self.state)
+
 
 def _round_rows(metrics, start: int, clients: int, seconds: float, bytes_so_far: float):
     rows = []
@@ -152,7 +159,8 @@ def _check_finite(metrics, start: int, clients: int, workdir: str):
     finite = metrics["finite"][:, :clients]
     if not finite.all():
         i, client = np.argwhere(~finite)[0]
-        raise DivergenceError(DIVERGED.format(round=start + i + 1, client=client, workdir=workdir))
+        kept = f"; the last good checkpoint (if any) is kept in {workdir}" if workdir else ""
+        raise DivergenceError(DIVERGED.format(round=start + i + 1, client=client, kept=kept))
 
 
 SOLVER_FLAGGED = (
@@ -175,6 +183,155 @@ def _warn_solver(metrics, start: int, cfg: Config) -> None:
         )  # fmt: skip
 
 
+class Callback:
+    """Hooks into the simulator loop (`simulate`); override any of them.
+
+    ``start`` may return a restored metric history (a checkpoint resume); ``after_chunk`` runs
+    after every compiled chunk of ``eval_every`` rounds and its evaluation; ``finish`` once with
+    the `History`; ``close`` always, also when the run fails.
+    """
+
+    def start(self, sim: Simulation, rows: list[dict]) -> list[dict]:
+        return rows
+
+    def after_chunk(self, sim: Simulation, rows: list[dict]) -> None:
+        pass
+
+    def finish(self, sim: Simulation, history: "History") -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over rounds, with one line per evaluation above it."""
+
+    def start(self, sim, rows):
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        self._bar = tqdm(total=sim.cfg.rounds, initial=len(rows), desc=sim.cfg.algorithm,
+                         unit="round")
+        self._done = len(rows)
+        return rows
+
+    def after_chunk(self, sim, rows):
+        last = rows[-1]
+        self._bar.update(int(last["round"]) - self._done)
+        self._done = int(last["round"])
+        agg, local = last["aggregated_acc"], last["mean_local_acc"]
+        self._bar.set_postfix(agg=f"{agg:.3f}", local=f"{local:.3f}")
+        self._bar.write(_eval_line(last), file=sys.stderr)  # one line per evaluation
+
+    def close(self):
+        if getattr(self, "_bar", None) is not None:
+            self._bar.close()
+
+
+class WriteOutputs(Callback):
+    """metrics.csv, summary.json and accuracy.png in ``workdir`` (process 0 writes)."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+
+    def finish(self, sim, history):
+        if jax.process_index() != 0:
+            return
+        cfg, rows = sim.cfg, list(history.rows)
+        extra = tuple(k for k in rows[-1] if k not in _outputs.COLUMNS)
+        _outputs.write_metrics(os.path.join(self.workdir, "metrics.csv"), rows, extra)
+        _outputs.write_json(os.path.join(self.workdir, "summary.json"), history.summary)
+        _outputs.plot_accuracy(
+            os.path.join(self.workdir, "accuracy.png"), rows,
+            f"{cfg.algorithm} on {cfg.dataset}, {cfg.clients} clients, {cfg.partition} α={cfg.alpha}",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class History:
+    """What a simulation returns.
+
+    Attributes:
+      metrics: per-round arrays [rounds] by name (``train_loss``, ``bytes_total``,
+        ``aggregated_acc``, ...); evaluation metrics are NaN in rounds without an evaluation.
+      summary: final values, rounds and bytes to the target accuracy, timings, the configuration
+        (what summary.json holds).
+      state: the final algorithm state on the host, every leaf [clients, ...] by client id
+        (``state.params`` are the client models).
+      rows: the same metrics as one dict per round (what metrics.csv holds).
+    """
+
+    metrics: dict[str, np.ndarray]
+    summary: dict
+    state: Any
+    rows: tuple[dict, ...]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.metrics[name]
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], summary: dict, state) -> "History":
+        names = list(dict.fromkeys(k for r in rows for k in r))
+        metrics = {k: np.asarray([r.get(k, math.nan) for r in rows], np.float64) for k in names}
+        metrics["round"] = metrics["round"].astype(np.int64)
+        return cls(metrics=metrics, summary=summary, state=state, rows=tuple(rows))
+
+
+def _eval_line(row: dict) -> str:
+    return (f"round {int(row['round'])}: aggregated accuracy {row['aggregated_acc']:.4f}, "
+            f"mean local {row['mean_local_acc']:.4f}")
+
+
+def simulate_config(
+    cfg: Config, custom: _build.Custom = _build.Custom(), callbacks=(), workdir: str | None = None,
+) -> History:
+    """The one simulator loop: builds ``cfg`` (with the user's objects in ``custom``), then runs
+    compiled chunks of ``eval_every`` rounds, evaluates after each and calls the callbacks.
+
+    ``workdir`` only names where checkpoints are kept in a divergence message.
+    """
+    try:
+        t_setup = time.perf_counter()
+        sim = Simulation(cfg, custom)
+        setup_seconds = time.perf_counter() - t_setup
+        rows: list[dict] = []
+        for cb in callbacks:
+            rows = cb.start(sim, rows)
+        done = len(rows)
+        bytes_so_far = rows[-1]["bytes_total"] if rows else 0.0
+        t_run = time.perf_counter()
+        while done < cfg.rounds:
+            length = min(cfg.eval_every, cfg.rounds - done)
+            sim.chunk(length)
+            t = time.perf_counter()
+            metrics = sim.advance(length)
+            seconds = time.perf_counter() - t
+            _check_finite(metrics, done, cfg.clients, workdir)
+            _warn_solver(metrics, done, cfg)
+            if "tau" in metrics:
+                active = metrics["active"][:, : cfg.clients]
+                sim.taus.update(metrics["tau"][:, : cfg.clients][active].tolist())
+            new, bytes_so_far = _round_rows(metrics, done, cfg.clients, seconds, bytes_so_far)
+            local, agg, dist = sim.evaluate()
+            new[-1].update(
+                mean_local_acc=float(local.mean()), aggregated_acc=agg, consensus_distance=dist
+            )
+            rows += new
+            done += length
+            for cb in callbacks:
+                cb.after_chunk(sim, rows)
+            logging.info(_eval_line(rows[-1]))
+        run_seconds = time.perf_counter() - t_run
+        summary = _summary(cfg, sim, rows, sim.taus, setup_seconds, run_seconds)
+        history = History.from_rows(rows, summary, sim.client_state())
+        for cb in callbacks:
+            cb.finish(sim, history)
+        return history
+    finally:
+        for cb in callbacks:
+            cb.close()
+
+
 def run(cfg: Config, workdir: str, *, progress: bool = True, hooks=None) -> dict:
     """Runs ``cfg`` and writes metrics.csv, summary.json and plots to ``workdir``.
 
@@ -182,61 +339,15 @@ def run(cfg: Config, workdir: str, *, progress: bool = True, hooks=None) -> dict
       cfg: the run.
       workdir: output directory (created).
       progress: show a progress bar with the current accuracy.
-      hooks: optional object with ``start(sim, rows) -> (rows)`` and ``after_chunk(sim, rows)``
-        (used by checkpointing).
+      hooks: an optional `Callback` run first (checkpointing: it may restore the history).
 
     Returns:
       The summary dict also written to summary.json.
     """
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    t_setup = time.perf_counter()
-    sim = Simulation(cfg)
-    setup_seconds = time.perf_counter() - t_setup
-    rows: list[dict] = []
-    if hooks is not None:
-        rows = hooks.start(sim, rows)
-    done = len(rows)
-    bytes_so_far = rows[-1]["bytes_total"] if rows else 0.0
-    taus = sim.taus
-    bar = _progress(cfg, done) if progress else None
-    t_run = time.perf_counter()
-    while done < cfg.rounds:
-        length = min(cfg.eval_every, cfg.rounds - done)
-        sim.chunk(length)
-        t = time.perf_counter()
-        metrics = sim.advance(length)
-        seconds = time.perf_counter() - t
-        _check_finite(metrics, done, cfg.clients, workdir)
-        _warn_solver(metrics, done, cfg)
-        if "tau" in metrics:
-            taus.update(
-                metrics["tau"][:, : cfg.clients][metrics["active"][:, : cfg.clients]].tolist()
-            )
-        new, bytes_so_far = _round_rows(metrics, done, cfg.clients, seconds, bytes_so_far)
-        local, agg, dist = sim.evaluate()
-        new[-1].update(
-            mean_local_acc=float(local.mean()), aggregated_acc=agg, consensus_distance=dist
-        )
-        rows += new
-        done += length
-        if hooks is not None:
-            hooks.after_chunk(sim, rows)
-        line = f"round {done}: aggregated accuracy {agg:.4f}, mean local {local.mean():.4f}"
-        if bar is not None:
-            bar.update(length)
-            bar.set_postfix(agg=f"{agg:.3f}", local=f"{local.mean():.3f}")
-            bar.write(line, file=sys.stderr)  # one line per evaluation, above the bar
-        logging.info(line)
-    if bar is not None:
-        bar.close()
-    run_seconds = time.perf_counter() - t_run
-    return _finish(cfg, sim, rows, workdir, taus, setup_seconds, run_seconds)
-
-
-def _progress(cfg: Config, done: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=cfg.rounds, initial=done, desc=cfg.algorithm, unit="round")
+    callbacks = [cb for cb in (hooks, ProgressBar() if progress else None) if cb is not None]
+    callbacks.append(WriteOutputs(workdir))
+    return simulate_config(cfg, callbacks=callbacks, workdir=workdir).summary
 
 
 def _first_reaching(rows, target: float):
@@ -246,14 +357,10 @@ def _first_reaching(rows, target: float):
     return None, None
 
 
-def _finish(cfg, sim, rows, workdir, taus, setup_seconds, run_seconds) -> dict:
-    extra = tuple(k for k in rows[-1] if k not in _outputs.COLUMNS)
-    writer = jax.process_index() == 0  # process 0 writes; every process computes the summary
-    if writer:
-        _outputs.write_metrics(os.path.join(workdir, "metrics.csv"), rows, extra)
+def _summary(cfg, sim, rows, taus, setup_seconds, run_seconds) -> dict:
     r_target, b_target = _first_reaching(rows, cfg.target_accuracy)
     last = rows[-1]
-    summary = {
+    return {
         "config": cfg.to_dict(),
         "hyperparameters": _build.hyperparameters(cfg),
         "partition": sim.setup.partition_summary,
@@ -271,11 +378,3 @@ def _finish(cfg, sim, rows, workdir, taus, setup_seconds, run_seconds) -> dict:
         "run_seconds": run_seconds,
         "seconds_per_round": float(np.mean([r["seconds"] for r in rows])),
     }
-    if writer:
-        _outputs.write_json(os.path.join(workdir, "summary.json"), summary)
-        _outputs.plot_accuracy(
-            os.path.join(workdir, "accuracy.png"),
-            rows,
-            f"{cfg.algorithm} on {cfg.dataset}, {cfg.clients} clients, {cfg.partition} α={cfg.alpha}",
-        )
-    return summary

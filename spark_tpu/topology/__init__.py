@@ -24,4 +24,5 @@ from ._plan import GossipPlan as GossipPlan
 from ._plan import build_plan as build_plan
 from ._plan import degree_buckets as degree_buckets
 from ._topology import TOPOLOGIES as TOPOLOGIES
+from ._topology import GraphSequence as GraphSequence
 from ._topology import Topology as Topology

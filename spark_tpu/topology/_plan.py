@@ -47,6 +47,8 @@ class GossipPlan:
       weight_rule: 'uniform', 'metropolis' or 'fixed': how weights are rebuilt when links fail.
       mesh_shape: (D,) for the flat client axis, (R, C) for a 2-D mesh.
       placement: int32 [L·D]: the client id at each position of the client axis.
+      order: how a round picks its graph from the pool: "random" (drawn with the round's key) or
+        "cycle" (round r uses graph r mod G: a user's graph sequence).
     """
 
     num_clients: int
@@ -64,6 +66,7 @@ class GossipPlan:
     weight_rule: str
     mesh_shape: tuple[int, ...] = ()
     placement: np.ndarray | None = None
+    order: str = "random"
 
     def __post_init__(self):
         if not self.mesh_shape:

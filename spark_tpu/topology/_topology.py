@@ -129,3 +129,90 @@ class Topology:
             "degree_max": int(degrees.max()),
             "spectral_gap": _mixing.spectral_gap(w),
         }
+
+
+GRAPH_ORDERS = ("cycle", "random")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GraphSequence:
+    """Your own graphs (docs/extending.md §5): one matrix, or a sequence of them.
+
+    Each matrix is a 0/1 symmetric adjacency (zero diagonal; weighted by ``mixing``) or a
+    row-stochastic mixing matrix used as given; all of one kind and one size. With ``order="cycle"``
+    round r uses graph r mod G; with ``"random"`` each round draws one (seeded, like a
+    time-varying built-in topology). Every graph may be disconnected (e.g. one-peer graphs), but
+    their union must be connected.
+
+    Examples:
+      >>> ring = np.roll(np.eye(4, dtype=int), 1, 1) + np.roll(np.eye(4, dtype=int), -1, 1)
+      >>> g = GraphSequence([ring])
+      >>> g.clients, g.weight_rule, g.mixing_matrices()[0][0].tolist()
+      (4, 'uniform', [0.3333333333333333, 0.3333333333333333, 0.0, 0.3333333333333333])
+    """
+
+    matrices: tuple
+    mixing: str = "uniform"
+    order: str = "cycle"
+    name: str = "custom"
+    torus_shape = None
+
+    def __post_init__(self):
+        mats = [np.asarray(m, dtype=np.float64) for m in (
+            [self.matrices] if np.ndim(self.matrices) == 2 else self.matrices)]
+        if not mats:
+            raise ValueError("graph: give at least one matrix.")
+        n = mats[0].shape[0]
+        for i, m in enumerate(mats):
+            if m.shape != (n, n):
+                raise ValueError(f"graph {i}: expected a square {n}×{n} matrix, got {m.shape}.")
+        kinds = {self._is_adjacency(m) for m in mats}
+        if len(kinds) > 1:
+            raise ValueError("graph: mix of 0/1 adjacencies and mixing matrices; use one kind.")
+        if kinds == {False}:
+            for m in mats:
+                _mixing.check_row_stochastic(m)
+        if self.mixing not in _mixing.MIXING_RULES:
+            raise ValueError(f"--mixing={self.mixing}: choose one of {sorted(_mixing.MIXING_RULES)}.")
+        if self.order not in GRAPH_ORDERS:
+            raise ValueError(f"graph order {self.order!r}: choose one of {', '.join(GRAPH_ORDERS)}.")
+        union = np.zeros((n, n), bool)
+        for m in mats:
+            union |= (m > 0) | (m.T > 0)
+        np.fill_diagonal(union, False)
+        if not _graphs.is_connected(union):
+            raise ValueError("graph: the union of the graphs is not connected; some clients "
+                             "would never exchange anything.")
+        object.__setattr__(self, "matrices", tuple(mats))
+
+    @staticmethod
+    def _is_adjacency(m: np.ndarray) -> bool:
+        return bool(np.isin(m, (0.0, 1.0)).all() and np.allclose(m, m.T) and not np.diag(m).any())
+
+    @property
+    def clients(self) -> int:
+        return self.matrices[0].shape[0]
+
+    @property
+    def time_varying(self) -> bool:
+        return len(self.matrices) > 1
+
+    @property
+    def weight_rule(self) -> str:
+        return self.mixing if self._is_adjacency(self.matrices[0]) else "fixed"
+
+    def mixing_matrices(self) -> list[np.ndarray]:
+        if self.weight_rule == "fixed":
+            return list(self.matrices)
+        return [_mixing.mixing_matrix(m.astype(bool), self.mixing) for m in self.matrices]
+
+    def summary(self) -> dict:
+        """As `Topology.summary` (the spectral gap is the first graph's)."""
+        w = self.mixing_matrices()[0]
+        degrees = ((w > 0).sum(axis=1) - 1).astype(int)
+        return {
+            "topology": self.name, "mixing": self.weight_rule, "time_varying": self.time_varying,
+            "pool_size": len(self.matrices), "order": self.order,
+            "degree_min": int(degrees.min()), "degree_max": int(degrees.max()),
+            "spectral_gap": _mixing.spectral_gap(w),
+        }
