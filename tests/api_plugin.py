@@ -1,0 +1,26 @@
+"""A user's own algorithm in a module outside the package, named by import path in tests/test_api.py
+(``api_plugin:build`` and ``api_plugin:SPEC``): every client adds a fixed offset to its model, then
+mixes with its neighbours. Not a test module."""
+
+import jax
+import jax.numpy as jnp
+
+import spark_tpu
+from spark_tpu import gossip
+
+
+def build(ctx: spark_tpu.BuildContext) -> spark_tpu.Algorithm:
+    """Adds ctx.options['step'] (or the learning rate) to every weight, then mixes."""
+    step = ctx.options.get("step", ctx.hyper["lr"])
+
+    def round_(state, ctx_round):
+        moved = jax.tree.map(lambda p: p + step, state.params)
+        new = gossip.mix(moved, ctx_round.graph)
+        zeros = jnp.zeros(ctx_round.client_ids.shape, jnp.float32)
+        return spark_tpu.ParamsState(new), {"train_loss": zeros, "bytes_sent": zeros}
+
+    return spark_tpu.Algorithm(init=spark_tpu.ParamsState, round=round_)
+
+
+SPEC = spark_tpu.AlgorithmSpec("plugin_offset", build, reference={"lr": 0.5},
+                               defaults={"step": 0.25})
