@@ -29,6 +29,7 @@ GENERAL = {
     "algorithm", "dataset", "data_dir", "idx_dir", "partition", "alpha", "shards_per_client",
     "clients", "samples_per_client", "model", "rounds", "lr", "seed", "devices", "mesh",
     "eval_every", "local_eval_samples", "target_accuracy", "checkpoint_every", "keep_checkpoints",
+    "partition_file",
 }
 EXECUTION = {"client_batch", "degree_buckets"}
 GRAPH_FLAGS = {  # field: (base settings where the option matters, another value)

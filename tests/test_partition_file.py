@@ -7,14 +7,18 @@ import doctest
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from spark_tpu import data
+from spark_tpu import checkpoint, data, simulator
 from spark_tpu.data import read_partition_file, source_to_cache
+from spark_tpu.simulator import refuse_unused
 from test_data_prepare import NUM_TRAIN, make_idx_dir
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENTS = [[5, 1, 9], [2], [0, 3, 4, 7], [8, 6]]  # in file order; clients may differ in size
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -312,3 +316,91 @@ def test_fashion_mnist_idx_order_reaches_the_clients(tmp_path):
     assert summary["sizes"] == {"min": 6000.0, "mean": 6000.0, "max": 6000.0}
     # Without the translation the same file would mix classes: the orders really differ.
     assert (ds.train_y[clients[0]] != 0).mean() > 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags, checkpoints and a run.
+
+TINY = dict(dataset="digits", clients=4, rounds=2, degree=3, graph_pool=4,
+            local_eval_samples=50, horizons=(4, 8), devices=1, algorithm="dgd", eval_every=2)
+
+
+def test_config_needs_both_flags_together(tmp_path):
+    with pytest.raises(ValueError) as e:
+        simulator.Config(partition="file")
+    assert str(e.value).startswith("--partition=file needs --partition_file=PATH")
+    with pytest.raises(ValueError) as e:
+        simulator.Config(partition_file="split.json")
+    assert str(e.value) == (
+        "--partition_file=split.json is read only with --partition=file, not "
+        "--partition=dirichlet: add --partition=file or remove --partition_file.")
+    simulator.Config(partition="file", partition_file="split.json")  # accepted
+
+
+@pytest.mark.parametrize("flag", ["alpha", "shards_per_client", "samples_per_client"])
+def test_options_of_drawn_partitions_are_refused_with_a_file(flag):
+    cfg = simulator.Config(partition="file", partition_file="split.json")
+    with pytest.raises(ValueError) as e:
+        refuse_unused(cfg, [flag])
+    assert str(e.value) == (f"--{flag} does nothing with --partition=file: --partition_file fixes "
+                            "which examples each client holds; remove it.")
+    refuse_unused(simulator.Config(partition="shards"), [flag])  # still fine elsewhere
+
+
+def test_partition_file_is_a_checkpoint_state_flag():
+    assert "partition_file" in checkpoint.STATE_FLAGS
+    saved = simulator.Config(partition="file", partition_file="a.json").to_dict()
+    now = simulator.Config(partition="file", partition_file="b.json").to_dict()
+    state, trajectory = checkpoint._manager.flag_differences(saved, now)
+    assert state == ["--partition_file: saved 'a.json', now 'b.json'"] and trajectory == []
+
+
+def test_a_bad_file_fails_before_the_data_loads(tmp_path, monkeypatch):
+    def load_dataset(*args, **kwargs):
+        raise AssertionError("the data loaded before the partition file was checked")
+
+    monkeypatch.setattr(simulator._build.data, "load_dataset", load_dataset)
+    path = _write(tmp_path / "s.json", "json-list", CLIENTS[:3])
+    cfg = simulator.Config(**TINY, partition="file", partition_file=path)
+    with pytest.raises(ValueError, match="holds 3 clients but --clients=4; set --clients=3"):
+        simulator.run(cfg, str(tmp_path / "out"), progress=False)
+
+
+@pytest.mark.slow  # compiling a round: 20-30 s on the loaded 2-core machine
+def test_two_rounds_on_a_file_partition(tmp_path):
+    clients = [list(range(q, 1000, 7))[:40 + 10 * q] for q in range(4)]  # sizes 40..70
+    path = _write(tmp_path / "s.npz", "npz", clients)
+    cfg = simulator.Config(**TINY, partition="file", partition_file=path)
+    summary = simulator.run(cfg, str(tmp_path / "out"), progress=False)
+    assert summary["partition"]["sizes"] == {"min": 40.0, "mean": 55.0, "max": 70.0}
+    assert summary["partition"]["n_max"] == 70
+    assert summary["config"]["partition_file"] == path
+    assert summary["final"]["round"] == 2
+    ds = data.load_dataset("digits")  # the arrays the run placed, rebuilt as _build does
+    part = data.partition(ds.train_y, 4, method="file", seed=0, path=path, dataset=ds.name)
+    arrays = data.federated_arrays(ds, part)
+    for q, ix in enumerate(clients):
+        np.testing.assert_array_equal(arrays.y[q, : len(ix)], ds.train_y[ix])
+        assert arrays.mask[q, : len(ix)].all() and not arrays.mask[q, len(ix):].any()
+
+
+@pytest.mark.slow  # a launcher subprocess
+def test_launcher_runs_a_file_partition_and_refuses_alpha_with_it(tmp_path):
+    path = _write(tmp_path / "s.json", "json-list", [list(range(q, 400, 4)) for q in range(4)])
+    args = ["--dataset=digits", "--clients=4", "--rounds=2", "--degree=3", "--graph_pool=4",
+            "--local_eval_samples=50", "--devices=2", "--algorithm=dgd", "--partition=file",
+            f"--partition_file={path}", f"--output_dir={tmp_path / 'run'}"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+
+    def launch(*extra):
+        return subprocess.run([sys.executable, "-m", "launch_tpu.main", *args, *extra], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=300, check=False)
+
+    refused = launch("--alpha=0.5")
+    assert refused.returncode != 0
+    assert "--alpha does nothing with --partition=file" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    ran = launch()
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["partition"]["sizes"] == {"min": 100.0, "mean": 100.0, "max": 100.0}

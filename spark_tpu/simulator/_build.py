@@ -151,11 +151,13 @@ def build(cfg: Config, devices: int) -> Setup:
     topo = make_topology(cfg)  # --mesh: a torus may tile a 2-D mesh (topology docs)
     layout = topology.device_layout(topo.name, cfg.clients, devices, cfg.mesh, topo.torus_shape)
     plan = topology.build_plan(topo.mixing_matrices(), devices, topo.weight_rule, layout)
+    if cfg.partition == "file":  # its format and client count need no data (docs/data.md §6)
+        data.read_partition_file(cfg.partition_file, cfg.clients)
     ds = data.load_dataset(cfg.dataset, data_dir=cfg.data_dir, idx_dir=cfg.idx_dir)
     part = data.partition(
         ds.train_y, cfg.clients, method=cfg.partition, alpha=cfg.alpha,
         samples_per_client=cfg.samples_per_client, shards_per_client=cfg.shards_per_client,
-        seed=cfg.seed,
+        seed=cfg.seed, path=cfg.partition_file, dataset=ds.name,
     )
     arrays = data.pad_clients(data.federated_arrays(ds, part), devices)
     summary = topo.summary()

@@ -276,6 +276,8 @@ def _finish(cfg, sim, rows, workdir, taus, setup_seconds, run_seconds) -> dict:
         _outputs.plot_accuracy(
             os.path.join(workdir, "accuracy.png"),
             rows,
-            f"{cfg.algorithm} on {cfg.dataset}, {cfg.clients} clients, {cfg.partition} α={cfg.alpha}",
+            f"{cfg.algorithm} on {cfg.dataset}, {cfg.clients} clients, "
+            + (f"partition {os.path.basename(cfg.partition_file)}" if cfg.partition == "file"
+               else f"{cfg.partition} α={cfg.alpha}"),
         )
     return summary
