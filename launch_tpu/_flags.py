@@ -24,7 +24,11 @@ flags.DEFINE_string("dataset", _D.dataset, "fashion_mnist, mnist, emnist, cifar1
 flags.DEFINE_string("data_dir", None, "tfds/array_record cache (default $SPARK_TPU_DATA_DIR or "
                     "~/.cache/spark_tpu/tfds); prepared automatically when missing.")
 flags.DEFINE_string("idx_dir", None, "Folder of MNIST-format IDX files for offline preparation.")
-flags.DEFINE_string("partition", _D.partition, "dirichlet, dirichlet_disjoint, iid or shards.")
+flags.DEFINE_string("partition", _D.partition, "dirichlet, dirichlet_disjoint, iid, shards, or "
+                    "file (read from --partition_file).")
+flags.DEFINE_string("partition_file", None, "For --partition=file: each client's train indices in "
+                    "the data set's source order (Fashion-MNIST: the IDX files'), as .json, .npy, "
+                    ".npz or .pkl (docs/data.md §6).")
 flags.DEFINE_float("alpha", _D.alpha, "Dirichlet concentration (smaller = more label skew).")
 flags.DEFINE_integer("shards_per_client", _D.shards_per_client, "Classes per client for shards.")
 flags.DEFINE_integer("clients", _D.clients, "Number of clients Q.")
@@ -105,8 +109,8 @@ FLAGS = flags.FLAGS
 GROUPS = {
     "run": ["mode", "algorithm", "algorithm_option", "rounds", "seed", "devices", "mesh", "eval_every", "small",
             "coordinator_address", "num_processes", "process_id"],
-    "data": ["dataset", "data_dir", "idx_dir", "partition", "alpha", "shards_per_client",
-             "clients", "samples_per_client", "local_eval_samples"],
+    "data": ["dataset", "data_dir", "idx_dir", "partition", "partition_file", "alpha",
+             "shards_per_client", "clients", "samples_per_client", "local_eval_samples"],
     "topology": ["topology", "degree", "mixing", "time_varying", "graph_pool", "edge_probability",
                  "torus_shape", "topology_file", "link_failure", "client_dropout"],
     "algorithm": ["model", "lr", "lr_decay", "batch_size", "local_epochs", "momentum",
@@ -191,7 +195,8 @@ def config_from_flags(devices: int) -> Config:
     f = FLAGS
     cfg = Config(
         algorithm=f.algorithm, dataset=f.dataset, data_dir=f.data_dir, idx_dir=f.idx_dir,
-        partition=f.partition, alpha=f.alpha, shards_per_client=f.shards_per_client,
+        partition=f.partition, partition_file=f.partition_file, alpha=f.alpha,
+        shards_per_client=f.shards_per_client,
         clients=f.clients, samples_per_client=f.samples_per_client, model=f.model,
         topology=f.topology, degree=f.degree, mixing=f.mixing, time_varying=f.time_varying,
         graph_pool=f.graph_pool, edge_probability=f.edge_probability,

@@ -30,6 +30,7 @@ GENERAL = {
     "clients", "samples_per_client", "model", "rounds", "lr", "seed", "devices", "mesh",
     "eval_every", "local_eval_samples", "target_accuracy", "checkpoint_every", "keep_checkpoints",
     "algorithm_options",  # checked against the algorithm's own AlgorithmSpec.defaults
+    "partition_file",
 }
 EXECUTION = {"client_batch", "degree_buckets"}
 GRAPH_FLAGS = {  # field: (base settings where the option matters, another value)

@@ -44,8 +44,9 @@ FORMAT = 1
 # Flags that change what the saved state means (its structure, shapes, or whose data a client
 # holds): a resume must not change them.
 STATE_FLAGS = (
-    "algorithm", "clients", "model", "dataset", "partition", "alpha", "shards_per_client",
-    "samples_per_client", "seed", "devices", "spark_stages", "spark_options", "algorithm_options",
+    "algorithm", "clients", "model", "dataset", "partition", "partition_file", "alpha",
+    "shards_per_client", "samples_per_client", "seed", "devices", "spark_stages", "spark_options",
+    "algorithm_options",
     # which client sits where on the mesh (a torus may tile a 2-D mesh): the state's row order
     "mesh", "topology", "torus_shape",
 )

@@ -20,6 +20,8 @@ from ._partition import PARTITIONERS as PARTITIONERS
 from ._partition import Partition as Partition
 from ._partition import from_index_lists as from_index_lists
 from ._partition import partition as partition
+from ._partition_file import read_partition_file as read_partition_file
+from ._partition_file import source_to_cache as source_to_cache
 from ._prepare import default_data_dir as default_data_dir
 from ._prepare import prepare_dataset as prepare_dataset
 from ._sklearn import sklearn_digits as sklearn_digits

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._dirichlet import dirichlet, dirichlet_disjoint
+from ._partition_file import file_partition
 from ._shards import iid, shards
 
 
@@ -38,6 +39,8 @@ PARTITIONERS: dict[str, PartitionFn] = {
     "shards": shards,
 }
 _DISJOINT = ("dirichlet_disjoint", "iid", "shards")
+# Every --partition value: the seeded methods, and "file" (a partition read from --partition_file).
+METHODS = (*PARTITIONERS, "file")
 
 
 def from_index_lists(per_client: Sequence[np.ndarray]) -> Partition:
@@ -53,8 +56,8 @@ def from_index_lists(per_client: Sequence[np.ndarray]) -> Partition:
 
 def _validate(labels, num_clients, method, alpha, samples_per_client, shards_per_client) -> int:
     """Checks every argument against the flag it comes from; returns samples per client."""
-    if method not in PARTITIONERS:
-        raise ValueError(f"--partition={method}: expected one of {', '.join(PARTITIONERS)}.")
+    if method not in METHODS:
+        raise ValueError(f"--partition={method}: expected one of {', '.join(METHODS)}.")
     if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
             "partition needs a non-empty 1-D integer label array, "
@@ -65,6 +68,8 @@ def _validate(labels, num_clients, method, alpha, samples_per_client, shards_per
     n = labels.size
     if num_clients < 1 or num_clients > n:
         raise ValueError(f"--clients={num_clients}: need between 1 and the {n} training examples.")
+    if method == "file":  # the file fixes each client's examples; the options below do not apply
+        return 0
     if method.startswith("dirichlet") and not (np.isfinite(alpha) and alpha > 0):
         raise ValueError(
             f"--alpha={alpha}: the Dirichlet concentration must be a finite number > 0 "
@@ -100,6 +105,8 @@ def partition(
     samples_per_client: int | None = None,
     shards_per_client: int = 2,
     min_size: int = 1,
+    path: str | None = None,
+    dataset: str | None = None,
 ) -> Partition:
     """Assigns training examples to clients, reproducibly from ``seed`` (docs/data.md §3).
 
@@ -112,6 +119,9 @@ def partition(
       disjoint, sizes vary; every client gets at least ``min_size`` examples.
     - ``"iid"``: a uniform random disjoint split, ``samples_per_client`` each.
     - ``"shards"``: sort-and-shard with exactly ``shards_per_client`` distinct classes per client.
+    - ``"file"``: read from ``path`` (docs/data.md §6), indices in the source order of
+      ``dataset``; ``seed``, ``alpha``, ``samples_per_client`` and ``shards_per_client`` are
+      unused.
 
     Args:
       labels: ``int [N]`` training labels.
@@ -124,6 +134,9 @@ def partition(
         examples, and so the mean size.
       shards_per_client: classes per client for ``shards`` (``--shards_per_client``).
       min_size: smallest client for ``dirichlet`` and ``dirichlet_disjoint``.
+      path: the partition file for ``"file"`` (``--partition_file``).
+      dataset: for ``"file"``: the data set ``labels`` come from (``--dataset``), whose source
+        order the file's indices are in; None if they are positions in ``labels`` already.
 
     Returns:
       A `Partition` (``indices int32 [Q, n_max]``, ``mask``, ``sizes``).
@@ -138,6 +151,10 @@ def partition(
     """
     labels = np.asarray(labels)
     spc = _validate(labels, num_clients, method, alpha, samples_per_client, shards_per_client)
+    if method == "file":
+        if path is None:
+            raise ValueError("--partition=file needs --partition_file=PATH (docs/data.md §6).")
+        return from_index_lists(file_partition(path, labels.size, num_clients, dataset))
     rng = np.random.default_rng(seed)
     options = {
         "dirichlet": dict(alpha=alpha, min_size=min_size),

@@ -155,6 +155,8 @@ def build(cfg: Config, devices: int, custom: Custom = Custom()) -> Setup:
     plan = topology.build_plan(topo.mixing_matrices(), devices, topo.weight_rule, layout)
     if getattr(topo, "order", "random") != "random":
         plan = dataclasses.replace(plan, order=topo.order)
+    if cfg.partition == "file":  # its format and client count need no data (docs/data.md §6)
+        data.read_partition_file(cfg.partition_file, cfg.clients)
     if custom.dataset is not None:
         ds = custom.dataset
     else:
@@ -167,7 +169,7 @@ def build(cfg: Config, devices: int, custom: Custom = Custom()) -> Setup:
         part = data.partition(
             ds.train_y, cfg.clients, method=cfg.partition, alpha=cfg.alpha,
             samples_per_client=cfg.samples_per_client, shards_per_client=cfg.shards_per_client,
-            seed=cfg.seed,
+            seed=cfg.seed, path=cfg.partition_file, dataset=ds.name,
         )
     _check_partition(part, cfg, ds)
     arrays = data.pad_clients(data.federated_arrays(ds, part), devices)

@@ -10,7 +10,9 @@ import dataclasses
 from spark_tpu import algorithms, registry
 
 ALGORITHMS = algorithms.ALGORITHMS.names()  # the built-ins; see `algorithms.register` for more
-PARTITIONS = ("dirichlet", "dirichlet_disjoint", "iid", "shards")
+PARTITIONS = ("dirichlet", "dirichlet_disjoint", "iid", "shards", "file")
+# Options of the seeded partitions that --partition=file (a fixed split) does not read.
+DRAWN_PARTITION_OPTIONS = ("alpha", "shards_per_client", "samples_per_client")
 MODELS = ("mlp", "cnn", "ntk_mlp", "linear")
 LOSSES = ("ce", "mse")
 # "adaptive" (error-controlled RK4) or a fixed-step key of spark_tpu.ntk.TABLEAUX
@@ -71,6 +73,9 @@ def refuse_unused(cfg: "Config", given) -> None:
                 f"{cfg.algorithm} does not read it (its AlgorithmSpec.options)")
             raise ValueError(f"{flag} does nothing for --algorithm={cfg.algorithm}: "
                              f"{reason}; remove it.")
+        if name in DRAWN_PARTITION_OPTIONS and cfg.partition == "file":
+            raise ValueError(f"{flag} does nothing with --partition=file: --partition_file fixes "
+                             "which examples each client holds; remove it.")
         if name in ("solver", "solver_stride") and cfg.loss == "mse":
             raise ValueError(f"{flag} does nothing with --loss=mse: the MSE flow is solved in "
                              "closed form; remove it.")
@@ -85,6 +90,7 @@ class Config:
     data_dir: str | None = None
     idx_dir: str | None = None
     partition: str = "dirichlet"
+    partition_file: str | None = None  # --partition=file: client -> train indices (docs/data.md §6)
     alpha: float = 0.1
     shards_per_client: int = 2
     clients: int = 300
@@ -131,6 +137,13 @@ class Config:
         spec = algorithms.get(self.algorithm)  # a one-line error for an unknown name
         if self.partition != CUSTOM:  # custom: an object given to spark_tpu.simulate
             _choice("--partition", self.partition, PARTITIONS)
+        if self.partition == "file" and not self.partition_file:
+            raise ValueError("--partition=file needs --partition_file=PATH: a .json, .npy, .npz or "
+                             ".pkl of each client's train indices (docs/data.md §6).")
+        if self.partition_file and self.partition != "file":
+            raise ValueError(f"--partition_file={self.partition_file} is read only with "
+                             f"--partition=file, not --partition={self.partition}: add "
+                             "--partition=file or remove --partition_file.")
         if self.model != CUSTOM and not registry.is_import_path(self.model):  # pkg.mod:factory
             _choice("--model", self.model, MODELS)
         _choice("--loss", self.loss, LOSSES)

@@ -44,7 +44,7 @@ def predict(cfg: Config, workdir: str) -> dict:
     part = data.partition(
         ds.train_y, cfg.clients, method=cfg.partition, alpha=cfg.alpha,
         samples_per_client=cfg.samples_per_client, shards_per_client=cfg.shards_per_client,
-        seed=cfg.seed,
+        seed=cfg.seed, path=cfg.partition_file, dataset=ds.name,
     )
     arrays = data.federated_arrays(ds, part)
     if not arrays.mask.all():
@@ -64,7 +64,7 @@ def predict(cfg: Config, workdir: str) -> dict:
         params, static = eqx.partition(net, eqx.is_inexact_array)
         check_float64(params)
         p = sum(x.size for x in jax.tree.leaves(params))
-        size = cfg.clients * cfg.samples_per_client * ds.num_classes * p
+        size = arrays.y.size * ds.num_classes * p  # Q·n: a --partition_file sets n
         if size > LIMIT:
             raise ValueError(TOO_BIG.format(size=size, limit=LIMIT))
         fn = lambda prm, x: eqx.combine(prm, static)(x)  # noqa: E731

@@ -243,7 +243,9 @@ class WriteOutputs(Callback):
         _outputs.write_json(os.path.join(self.workdir, "summary.json"), history.summary)
         _outputs.plot_accuracy(
             os.path.join(self.workdir, "accuracy.png"), rows,
-            f"{cfg.algorithm} on {cfg.dataset}, {cfg.clients} clients, {cfg.partition} α={cfg.alpha}",
+            f"{cfg.algorithm} on {cfg.dataset}, {cfg.clients} clients, "
+            + (f"partition {os.path.basename(cfg.partition_file)}" if cfg.partition == "file"
+               else f"{cfg.partition} α={cfg.alpha}"),
         )
 
 
