@@ -24,3 +24,20 @@ def build(ctx: spark_tpu.BuildContext) -> spark_tpu.Algorithm:
 
 SPEC = spark_tpu.AlgorithmSpec("plugin_offset", build, reference={"lr": 0.5},
                                defaults={"step": 0.25})
+
+
+def make_net(input_shape, *, num_classes, key):
+    """A user's model factory (``--model=api_plugin:make_net``): one linear layer."""
+    import equinox as eqx
+
+    size = 1
+    for d in input_shape:
+        size *= d
+
+    class Flat(eqx.Module):
+        layer: eqx.nn.Linear
+
+        def __call__(self, x):
+            return self.layer(x.reshape(-1))
+
+    return Flat(eqx.nn.Linear(size, num_classes, key=key, dtype=jnp.float32))

@@ -170,3 +170,28 @@ def test_bad_arguments_are_one_line_errors():
     with pytest.raises(ValueError, match="the partition has 2 clients but --clients=4"):
         spark_tpu.simulate("dgd", "linear", "two_moons", "ring", partition=[[0, 1], [2, 3]],
                            **TINY)
+
+
+@pytest.mark.slow
+def test_the_launcher_runs_an_algorithm_and_a_model_by_import_path(tmp_path):
+    """A researcher's own algorithm and model, from their own module, through the launcher."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=here)
+    out = tmp_path / "run"
+    p = subprocess.run(
+        [sys.executable, "-m", "launch_tpu.main", "--algorithm=api_plugin:SPEC",
+         "--algorithm_option=step=0.5", "--model=api_plugin:make_net", "--dataset=digits",
+         "--clients=4", "--samples_per_client=20", "--rounds=2", "--topology=ring",
+         "--local_eval_samples=50", "--devices=2", f"--output_dir={out}"],
+        cwd=os.path.dirname(here), env=env, capture_output=True, text=True, timeout=600,
+        check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["algorithm"] == "api_plugin:SPEC"
+    assert summary["config"]["algorithm_options"] == [["step", "0.5"]]
+    assert summary["hyperparameters"] == {"lr": 0.5}
