@@ -25,7 +25,7 @@ def run_mix(plan, x, *, graph=0, link_failure=0.0, active=None, key=0):
     xp[:q] = x
     act = np.zeros(d * slots, bool)
     act[:q] = True if active is None else active
-    tables = {k: jnp.asarray(v) for k, v in plan.device_tables().items()}
+    tables = jax.tree.map(jnp.asarray, plan.device_tables())
     shard = NamedSharding(mesh, P(gossip.AXIS))
 
     @jax.jit
@@ -36,9 +36,7 @@ def run_mix(plan, x, *, graph=0, link_failure=0.0, active=None, key=0):
     def step(xs, tabs, edges, valid, act):
         g = jnp.asarray(graph, jnp.int32)
         alive = gossip.sample_links(edges[g], valid[g], jax.random.key(key), link_failure, act)
-        rg = gossip.round_graph(
-            tabs, g, edges[g], alive, plan.weight_rule, plan.shifts, d, d * slots
-        )
+        rg = gossip.round_graph(tabs, plan.static, g, edges[g], alive)
         return gossip.mix(xs, rg)
 
     out = step(

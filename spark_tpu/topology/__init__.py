@@ -20,7 +20,9 @@ from ._mixing import metropolis_hastings as metropolis_hastings
 from ._mixing import mixing_matrix as mixing_matrix
 from ._mixing import spectral_gap as spectral_gap
 from ._mixing import uniform_weights as uniform_weights
+from ._plan import DeviceTables as DeviceTables
 from ._plan import GossipPlan as GossipPlan
+from ._plan import StaticPlan as StaticPlan
 from ._plan import build_plan as build_plan
 from ._plan import degree_buckets as degree_buckets
 from ._topology import TOPOLOGIES as TOPOLOGIES

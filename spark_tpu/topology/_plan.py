@@ -21,10 +21,54 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ._layout import DeviceLayout, flat_layout
+
+
+class DeviceTables(NamedTuple):
+    """A plan's per-device tables with the device axis first, sharded over the mesh (a pytree).
+
+    Host side they are numpy arrays ``[D, G, ...]``; inside ``shard_map`` each device holds its
+    slice ``[1, G, ...]``, from which `gossip.round_graph` takes the round's graph
+    (docs/topologies.md §6).
+
+    Attributes:
+      neighbor_halo: int32 [D, G, L, K]: halo row of each client's k-th neighbour.
+      neighbor_client: int32 [D, G, L, K]: global position of that neighbour.
+      neighbor_edge: int32 [D, G, L, K]: undirected edge id (``num_edges`` for padding).
+      base_weight: float32 [D, G, L, K]: W_qr of the pool's matrix (0 for padding).
+      base_self: float32 [D, G, L]: W_qq.
+      send: per offset of ``StaticPlan.shifts``, int32 [D, G, m_δ]: local slots to send.
+    """
+
+    neighbor_halo: Any
+    neighbor_client: Any
+    neighbor_edge: Any
+    base_weight: Any
+    base_self: Any
+    send: tuple[Any, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticPlan:
+    """The static (hashable, Python) part of a plan that the compiled round needs.
+
+    Attributes:
+      shifts: device offsets δ (one entry per mesh axis), one ``ppermute`` each, in the order of
+        ``DeviceTables.send``.
+      mesh_shape: (D,) for the flat client axis, (R, C) for a 2-D mesh.
+      weight_rule: 'uniform', 'metropolis' or 'fixed': how weights are rebuilt when links fail
+        (docs/topologies.md §4).
+      num_positions: L·D, the client axis padded with phantom clients.
+    """
+
+    shifts: tuple[tuple[int, ...], ...]
+    mesh_shape: tuple[int, ...]
+    weight_rule: str
+    num_positions: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,17 +137,23 @@ class GossipPlan:
     def halo_size(self) -> int:
         return self.slots + sum(s.shape[-1] for s in self.send)
 
-    def device_tables(self) -> dict[str, np.ndarray]:
+    @property
+    def num_positions(self) -> int:
+        """L·D: positions of the client axis, phantom clients included."""
+        return self.slots * self.num_devices
+
+    @property
+    def static(self) -> StaticPlan:
+        """What the compiled round needs besides the tables (Python values, closed over)."""
+        return StaticPlan(self.shifts, self.mesh_shape, self.weight_rule, self.num_positions)
+
+    def device_tables(self) -> DeviceTables:
         """Per-device tables with the device axis first, ready to be sharded over the mesh."""
-        tables = {
-            "neighbor_halo": self.neighbor_halo,
-            "neighbor_client": self.neighbor_client,
-            "neighbor_edge": self.neighbor_edge,
-            "base_weight": self.base_weight,
-            "base_self": self.base_self,
-        }
-        tables.update({f"send_{i}": s for i, s in enumerate(self.send)})
-        return {k: np.swapaxes(v, 0, 1) for k, v in tables.items()}
+        swap = lambda v: np.swapaxes(v, 0, 1)  # noqa: E731
+        return DeviceTables(
+            swap(self.neighbor_halo), swap(self.neighbor_client), swap(self.neighbor_edge),
+            swap(self.base_weight), swap(self.base_self), tuple(swap(v) for v in self.send),
+        )
 
 
 def _edge_list(w: np.ndarray) -> tuple[np.ndarray, dict[tuple[int, int], int]]:
