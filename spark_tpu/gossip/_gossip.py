@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from spark_tpu.topology import DeviceTables, StaticPlan
+from spark_tpu.topology import DeviceTables, Links, StaticPlan, link_weights
 
 AXIS = "clients"
 GRID_AXES = ("rows", "cols")
@@ -77,26 +77,17 @@ def round_graph(
 
     ``tables`` are this device's slice of ``GossipPlan.device_tables()`` (leading axis 1) and
     ``static`` is ``GossipPlan.static``. ``edge_alive`` marks links that exist in this graph and
-    survived failures and dropouts; mixing weights are rebuilt from them (docs/topologies.md §4),
-    so W stays row-stochastic every round.
+    survived failures and dropouts; mixing weights are rebuilt from them by the plan's rule, the
+    same `topology.link_weights` the host builds W with (docs/topologies.md §2, §4), so W stays
+    row-stochastic every round.
     """
     t = jax.tree.map(lambda v: v[0, graph], tables)
     alive_ext = jnp.concatenate([edge_alive, jnp.zeros((1,), bool)])
     alive = alive_ext[t.neighbor_edge]
     deg = degrees(edges, edge_alive, static.num_positions).astype(jnp.float32)
     my_deg = jnp.sum(alive, axis=1).astype(jnp.float32)
-    if static.weight_rule == "uniform":
-        weight = jnp.where(alive, 1.0 / (1.0 + my_deg[:, None]), 0.0)
-        self_weight = 1.0 / (1.0 + my_deg)
-    elif static.weight_rule == "metropolis":
-        other = deg[t.neighbor_client]
-        weight = jnp.where(alive, 1.0 / (1.0 + jnp.maximum(my_deg[:, None], other)), 0.0)
-        self_weight = 1.0 - jnp.sum(weight, axis=1)
-    elif static.weight_rule == "fixed":
-        weight = jnp.where(alive, t.base_weight, 0.0)
-        self_weight = t.base_self + jnp.sum(t.base_weight - weight, axis=1)
-    else:
-        raise ValueError(f"unknown weight rule {static.weight_rule!r}")
+    links = Links(alive, my_deg, deg[t.neighbor_client], t.base_weight, t.base_self)
+    weight, self_weight = link_weights(static.weight_rule, links, jnp)
     return RoundGraph(
         halo_index=t.neighbor_halo,
         neighbor_client=t.neighbor_client,

@@ -15,7 +15,10 @@ from ._layout import device_layout as device_layout
 from ._layout import flat_layout as flat_layout
 from ._layout import torus_mesh_shapes as torus_mesh_shapes
 from ._layout import torus_tiles as torus_tiles
+from ._mixing import WEIGHT_RULES as WEIGHT_RULES
+from ._mixing import Links as Links
 from ._mixing import check_row_stochastic as check_row_stochastic
+from ._mixing import link_weights as link_weights
 from ._mixing import metropolis_hastings as metropolis_hastings
 from ._mixing import mixing_matrix as mixing_matrix
 from ._mixing import spectral_gap as spectral_gap
