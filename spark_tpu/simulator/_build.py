@@ -64,7 +64,7 @@ def make_algorithm(
         solver_stride=cfg.solver_stride, tau_selection=cfg.tau_selection,
     )
     if a in ("ntk_dfl", "spark") and cfg.degree_buckets and plan is not None:
-        ntk_options["buckets"] = topology.degree_buckets(plan)
+        ntk_options["buckets"] = algorithms.degree_buckets(plan)
         if ntk_options["buckets"] is not None:
             slots, big = ntk_options["buckets"]
             logging.info(

@@ -27,6 +27,5 @@ from ._plan import DeviceTables as DeviceTables
 from ._plan import GossipPlan as GossipPlan
 from ._plan import StaticPlan as StaticPlan
 from ._plan import build_plan as build_plan
-from ._plan import degree_buckets as degree_buckets
 from ._topology import TOPOLOGIES as TOPOLOGIES
 from ._topology import Topology as Topology

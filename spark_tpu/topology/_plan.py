@@ -280,27 +280,3 @@ def _neighbor_tables(matrices, nbrs, position, slots, d, k, halo_row, placement)
         "edge_valid": valid,
     }
 
-
-def degree_buckets(plan: GossipPlan, min_saving: float = 0.2) -> tuple[int, int] | None:
-    """Two pooled widths for neighbourhood-pooling methods on graphs with uneven degrees.
-
-    A client's pooled data has one block per closed-neighbourhood slot, padded to the pool's
-    largest degree K. With ``(s, b)`` every client is evolved on its first ``s`` slots (self and
-    up to s − 1 alive neighbours, compacted to the front), and the ``b`` clients of a device with
-    the most pooled rows again on all K + 1: enough, because in no graph of the pool does any
-    device hold more than ``b`` clients of degree ≥ s (links that fail only lower degrees). The
-    widths minimise L·s² + b·(K + 1)² (the NTK step's cost grows with the square of the pooled
-    size); None when that saves less than ``min_saving`` of L·(K + 1)², e.g. on regular graphs.
-    """
-    degrees = (plan.base_weight > 0).sum(axis=-1)  # [G, D, L]
-    k1, slots = plan.max_degree + 1, plan.slots
-    full = slots * k1**2
-    best = None
-    for s in range(1, k1):
-        b = int((degrees >= s).sum(axis=-1).max())  # clients needing more than s slots
-        cost = slots * s**2 + b * k1**2
-        if best is None or cost < best[0]:
-            best = (cost, s, b)
-    if best is None or best[0] > (1 - min_saving) * full:
-        return None
-    return best[1], best[2]
