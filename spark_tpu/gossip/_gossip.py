@@ -1,8 +1,9 @@
 """Gossip under ``jax.shard_map``: the only module that calls collectives (docs/architecture.md §2, layer 5).
 
-Inside the sharded round each device holds L client slots. ``round_graph`` turns the plan's tables
-and this round's surviving links into neighbour indices and mixing weights; ``halo`` runs one
-``ppermute`` per device offset of the plan; ``mix`` and ``neighbors`` are then local gathers.
+Inside the sharded round each device holds L client slots. ``round_graph`` turns the plan's typed
+tables (``topology.DeviceTables``, ``topology.StaticPlan``; docs/topologies.md §6) and this round's
+surviving links into neighbour indices and mixing weights; ``halo`` runs one ``ppermute`` per
+device offset of the plan; ``mix`` and ``neighbors`` are then local gathers.
 
 The client axis is sharded over a 1-D mesh (axis "clients") or a 2-D mesh (axes "rows", "cols",
 flattened row-major into one logical client axis). An offset along one mesh axis is a ``ppermute``
