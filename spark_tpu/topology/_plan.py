@@ -36,8 +36,8 @@ class DeviceTables(NamedTuple):
     (docs/topologies.md §6).
 
     Attributes:
-      neighbor_halo: int32 [D, G, L, K]: halo row of each client's k-th neighbour.
-      neighbor_client: int32 [D, G, L, K]: global position of that neighbour.
+      neighbor_halo: int32 [D, G, L, K]: halo row of each client's k-th neighbour (self if padding).
+      neighbor_client: int32 [D, G, L, K]: global id of that neighbour (self if padding).
       neighbor_edge: int32 [D, G, L, K]: undirected edge id (``num_edges`` for padding).
       base_weight: float32 [D, G, L, K]: W_qr of the pool's matrix (0 for padding).
       base_self: float32 [D, G, L]: W_qq.
@@ -279,4 +279,3 @@ def _neighbor_tables(matrices, nbrs, position, slots, d, k, halo_row, placement)
         "edges": edges,
         "edge_valid": valid,
     }
-
