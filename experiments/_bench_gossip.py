@@ -41,15 +41,12 @@ def _shard(mesh, fn, in_specs):
     return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=ROW, check_vma=False))
 
 
-def _programs(plan, mesh, q_pad: int, rounds: int) -> dict:
+def _programs(plan, mesh, rounds: int) -> dict:
     steps = jnp.arange(rounds, dtype=jnp.int32) % plan.pool_size
 
     def halo_fn(x, tables, edges, valid):
         def body(x, g):
-            rg = gossip.round_graph(
-                tables, g, edges[g], valid[g], plan.weight_rule, plan.shifts, plan.num_devices,
-                q_pad,
-            )  # fmt: skip
+            rg = gossip.round_graph(tables, plan.static, g, edges[g], valid[g])
             return gossip.mix(x, rg), None
 
         return jax.lax.scan(body, x, steps)[0]
@@ -72,7 +69,7 @@ def _inputs(clients: int, graph: str, degree: int, pool: int, devices: int, mesh
     )
     matrices = topo.mixing_matrices()
     plan = topology.build_plan(matrices, devices, topo.weight_rule)
-    q_pad = plan.slots * plan.num_devices
+    q_pad = plan.num_positions
     w = np.stack([np.eye(q_pad) for _ in matrices])
     for g, m in enumerate(matrices):
         w[g, :clients, :clients] = m
@@ -112,7 +109,7 @@ def _run(fn, args) -> float:
 
 def _case(q, graph, degree, pool, devices, mesh, rounds, reps) -> dict:
     plan, q_pad, args = _inputs(q, graph, degree, pool, devices, mesh)
-    programs = _programs(plan, mesh, q_pad, rounds)
+    programs = _programs(plan, mesh, rounds)
     compiled, compile_s = {}, {}
     for name, fn in programs.items():
         compiled[name], compile_s[name] = _compile(fn, args[name])

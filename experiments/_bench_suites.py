@@ -434,7 +434,7 @@ def spark_overhead(small: bool) -> Suite:
 
 def degree_buckets(small: bool) -> Suite:
     """NTK-DFL on Erdős–Rényi graphs with the pooled data padded to the pool's largest degree
-    against two widths (``--degree_buckets``, `topology.degree_buckets`), one process."""
+    against two widths (``--degree_buckets``, `algorithms.degree_buckets`), one process."""
     if small:
         base = dict(DIGITS, clients=24, horizons=[5, 10], edge_probability=0.15)
     else:  # mean degree 5, as the paper's 5-regular graph

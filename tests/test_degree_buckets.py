@@ -1,18 +1,18 @@
-"""Pooled data in two widths (`topology.degree_buckets`): the bound that makes it exact, and SPARK
+"""Pooled data in two widths (`algorithms.degree_buckets`): the bound that makes it exact, and SPARK
 with every option that touches the pooled rows giving the padded computation's result."""
 
 import jax
 import numpy as np
 import pytest
 
-from spark_tpu import simulator, topology
+from spark_tpu import algorithms, simulator, topology
 
 
 @pytest.mark.parametrize("devices", [1, 2, 8])
 def test_buckets_cover_every_graph_of_the_pool(devices):
     pool = [topology.uniform_weights(topology.erdos_renyi(64, 5 / 63, s)) for s in range(16)]
     plan = topology.build_plan(pool, devices, "uniform")
-    slots, big = topology.degree_buckets(plan)
+    slots, big = algorithms.degree_buckets(plan)
     k1 = plan.max_degree + 1
     assert 1 <= slots < k1 and big < plan.slots
     for w in pool:  # degrees from the matrices themselves, devices by the flat layout
@@ -26,12 +26,12 @@ def test_buckets_cover_every_graph_of_the_pool(devices):
 @pytest.mark.parametrize("make", [lambda: topology.ring(16), lambda: topology.random_regular(16, 4, 0)])
 def test_no_buckets_on_regular_graphs(make):
     plan = topology.build_plan([topology.uniform_weights(make())], 2, "uniform")
-    assert topology.degree_buckets(plan) is None
+    assert algorithms.degree_buckets(plan) is None
 
 
 def test_star_puts_only_the_hub_at_full_width():
     plan = topology.build_plan([topology.uniform_weights(topology.star(32))], 4, "uniform")
-    assert topology.degree_buckets(plan) == (2, 1)
+    assert algorithms.degree_buckets(plan) == (2, 1)
 
 
 def _params(options, buckets, **kw):
@@ -55,7 +55,7 @@ def test_spark_with_buckets_equals_the_padded_step(options):
     # which compaction must close before the first 6 are taken.
     padded, sim0 = _params(options, False, link_failure=0.3)
     bucketed, sim = _params(options, True, link_failure=0.3)
-    assert topology.degree_buckets(sim.setup.plan) is not None
+    assert algorithms.degree_buckets(sim.setup.plan) is not None
     start = np.concatenate([np.asarray(v).ravel() for v in jax.tree.leaves(sim0.setup.params)])
     moved = np.abs(padded - np.tile(start, len(padded) // len(start))).max()
     assert moved > 1e-2

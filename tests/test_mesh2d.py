@@ -39,7 +39,6 @@ def _mixer(plan, link_failure=0.0, key=0):
     """jit(shard_map(mix)) over the plan's mesh, and the mesh's client PartitionSpec."""
     mesh = _mesh(plan.mesh_shape)
     spec = P(gossip.mesh_axes(len(plan.mesh_shape)))
-    n_pos = plan.slots * plan.num_devices
 
     @jax.jit
     @functools.partial(
@@ -49,9 +48,7 @@ def _mixer(plan, link_failure=0.0, key=0):
     def step(xs, tabs, edges, valid, act):
         g = jnp.asarray(0, jnp.int32)
         alive = gossip.sample_links(edges[g], valid[g], jax.random.key(key), link_failure, act)
-        rg = gossip.round_graph(
-            tabs, g, edges[g], alive, plan.weight_rule, plan.shifts, plan.mesh_shape, n_pos
-        )
+        rg = gossip.round_graph(tabs, plan.static, g, edges[g], alive)
         return gossip.mix(xs, rg)
 
     return step, mesh, spec
@@ -59,7 +56,7 @@ def _mixer(plan, link_failure=0.0, key=0):
 
 def _args(plan, x, mesh, spec, active=None):
     """Client rows moved to their positions on the mesh, and the per-client-id active mask."""
-    n_pos, q = plan.slots * plan.num_devices, plan.num_clients
+    n_pos, q = plan.num_positions, plan.num_clients
     ids = plan.placement
     real = ids < q
     xp = np.zeros((n_pos,) + x.shape[1:], x.dtype)
@@ -67,7 +64,7 @@ def _args(plan, x, mesh, spec, active=None):
     act = np.zeros(n_pos, bool)
     act[:q] = True if active is None else active
     shard = NamedSharding(mesh, spec)
-    tables = {k: jnp.asarray(v) for k, v in plan.device_tables().items()}
+    tables = jax.tree.map(jnp.asarray, plan.device_tables())
     return (
         jax.device_put(xp, shard), jax.device_put(tables, shard), jnp.asarray(plan.edges),
         jnp.asarray(plan.edge_valid), jnp.asarray(act),

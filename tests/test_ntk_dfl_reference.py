@@ -1,13 +1,13 @@
 """Two NTK-DFL rounds through the simulator against an independent float64 NumPy computation
 written from docs/ntk_step.md and docs/ntk_dfl.md: explicit Jacobians, explicit ODE integration (scipy DOP853),
 explicit uniform averaging over a ring, and over a star, whose uneven degrees make the simulator
-evolve the leaves on a shorter pooled width than the hub (`topology.degree_buckets`)."""
+evolve the leaves on a shorter pooled width than the hub (`algorithms.degree_buckets`)."""
 
 import numpy as np
 import pytest
 from _reference import flat_params, ntk_step
 
-from spark_tpu import simulator, topology
+from spark_tpu import algorithms, simulator, topology
 
 ETA0, DECAY, HORIZONS, Q = 0.05, 0.07, (3, 6, 12, 48), 6  # 48: strided solver steps after 32
 
@@ -39,7 +39,7 @@ def test_two_ntk_dfl_rounds_match_float64_reference(devices, memory_bound, graph
         lr_decay=DECAY, horizons=HORIZONS, devices=devices, local_eval_samples=50,
     )
     sim = simulator.Simulation(cfg)
-    buckets = topology.degree_buckets(sim.setup.plan)
+    buckets = algorithms.degree_buckets(sim.setup.plan)
     assert (buckets is not None) == (graph == "star")  # star: (2 slots, the hub at full width)
     adjacency = {"ring": topology.ring, "star": topology.star}[graph](Q)
     a = sim.setup.arrays

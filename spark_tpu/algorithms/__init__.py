@@ -12,6 +12,7 @@ from ._base import split_model as split_model
 from ._base import tree_where as tree_where
 from ._gossip_sgd import consensus as consensus
 from ._gossip_sgd import dfedavg as dfedavg
+from ._ntk_dfl import degree_buckets as degree_buckets
 from ._ntk_dfl import ntk_dfl as ntk_dfl
 from ._ntk_dfl import pool_neighbourhood as pool_neighbourhood
 from ._ntk_fl import NTK_FL_HORIZONS as NTK_FL_HORIZONS

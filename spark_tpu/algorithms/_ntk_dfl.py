@@ -10,7 +10,7 @@ the protocol (weights both ways, Jacobians, labels, logits, and the exchange tha
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import equinox as eqx
 import jax
@@ -25,6 +25,9 @@ from ._base import (
     num_params,
 )
 from ._spec import AlgorithmSpec, BuildContext, register
+
+if TYPE_CHECKING:
+    from spark_tpu.topology import GossipPlan
 
 
 class Pooled(NamedTuple):
@@ -140,6 +143,32 @@ def map_clients(fn: Callable, xs, client_batch: int, pooled_size: int | None = N
     return ntk.batch_map(fn, *xs, strategy=strategy, batch_size=client_batch or None)
 
 
+def degree_buckets(plan: GossipPlan, min_saving: float = 0.2) -> tuple[int, int] | None:
+    """Two pooled widths for NTK-DFL and SPARK on graphs with uneven degrees (docs/ntk_dfl.md §5).
+
+    A client's pooled data has one block per closed-neighbourhood slot, padded to the pool's
+    largest degree K. With ``(s, b)`` every client is evolved on its first ``s`` slots (self and
+    up to s − 1 alive neighbours, compacted to the front), and the ``b`` clients of a device with
+    the most pooled rows again on all K + 1: enough, because in no graph of the pool does any
+    device hold more than ``b`` clients of degree ≥ s (links that fail only lower degrees). The
+    widths minimise L·s² + b·(K + 1)² (the NTK step's cost grows with the square of the pooled
+    size); None when that saves less than ``min_saving`` of L·(K + 1)², e.g. on regular graphs.
+    Host side, from the plan's tables; `evolve_clients` runs the two widths.
+    """
+    degrees = (plan.base_weight > 0).sum(axis=-1)  # [G, D, L]
+    k1, slots = plan.max_degree + 1, plan.slots
+    full = slots * k1**2
+    best = None
+    for s in range(1, k1):
+        b = int((degrees >= s).sum(axis=-1).max())  # clients needing more than s slots
+        cost = slots * s**2 + b * k1**2
+        if best is None or cost < best[0]:
+            best = (cost, s, b)
+    if best is None or best[0] > (1 - min_saving) * full:
+        return None
+    return best[1], best[2]
+
+
 def bucket_rows(buckets: tuple[int, int] | None, ctx: RoundContext) -> tuple[int, int] | None:
     """(pooled slots, b) → (pooled rows, b): each slot is one client's block of samples."""
     return None if buckets is None else (buckets[0] * ctx.data.mask.shape[1], buckets[1])
@@ -155,7 +184,7 @@ def evolve_clients(
     ``objectives(y_onehot, mask, i) -> ntk.Objective`` builds client i's objective on the first
     ``len(y_onehot)`` pooled rows; ``step_options`` go to `ntk.ntk_evolution_step` (e.g. a
     projected ``kernel_fn``, docs/spark.md §5). ``buckets=(rows, b)`` (pooled data compacted, see
-    `topology.degree_buckets`): every client runs on its first ``rows`` pooled rows, then the
+    `degree_buckets`): every client runs on its first ``rows`` pooled rows, then the
     ``b`` clients with the most valid rows run again on all of them and replace their results.
     Masked rows do not change the step, so this is the padded computation at a lower cost.
     """
@@ -200,7 +229,7 @@ def ntk_dfl(
 
     ``solver``: ``"adaptive"`` (error-controlled) or a fixed-step tableau, whose
     ``solver_stride`` is the grid intervals per step after the first 32 (see
-    `ntk.solve_function_space`). ``buckets``: ``topology.degree_buckets`` of the plan (pooled
+    `ntk.solve_function_space`). ``buckets``: `degree_buckets` of the plan (pooled
     slots, clients at full width), to skip most padding on graphs with uneven degrees.
     """
     schedule = ntk.lr_schedule(eta0, lr_decay)
@@ -246,7 +275,7 @@ def ntk_options(ctx: BuildContext) -> dict:
     )
     plan = ctx.plan
     if cfg.degree_buckets and plan is not None:
-        options["buckets"] = topology.degree_buckets(plan)
+        options["buckets"] = degree_buckets(plan)
         if options["buckets"] is not None:
             slots, big = options["buckets"]
             logging.info(

@@ -1,8 +1,9 @@
 """Gossip under ``jax.shard_map``: the only module that calls collectives (docs/architecture.md §2, layer 5).
 
-Inside the sharded round each device holds L client slots. ``round_graph`` turns the plan's tables
-and this round's surviving links into neighbour indices and mixing weights; ``halo`` runs one
-``ppermute`` per device offset of the plan; ``mix`` and ``neighbors`` are then local gathers.
+Inside the sharded round each device holds L client slots. ``round_graph`` turns the plan's typed
+tables (``topology.DeviceTables``, ``topology.StaticPlan``; docs/topologies.md §6) and this round's
+surviving links into neighbour indices and mixing weights; ``halo`` runs one ``ppermute`` per
+device offset of the plan; ``mix`` and ``neighbors`` are then local gathers.
 
 The client axis is sharded over a 1-D mesh (axis "clients") or a 2-D mesh (axes "rows", "cols",
 flattened row-major into one logical client axis). An offset along one mesh axis is a ``ppermute``
@@ -20,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
+
+from spark_tpu.topology import DeviceTables, Links, StaticPlan, link_weights
 
 AXIS = "clients"
 GRID_AXES = ("rows", "cols")
@@ -65,49 +68,36 @@ def degrees(edges: Int[Array, "e 2"], alive: Bool[Array, " e"], num_clients: int
 
 
 def round_graph(
-    tables: dict[str, Array],
+    tables: DeviceTables,
+    static: StaticPlan,
     graph: Int[Array, ""],
     edges: Int[Array, "e 2"],
     edge_alive: Bool[Array, " e"],
-    weight_rule: str,
-    shifts: tuple[tuple[int, ...] | int, ...],
-    mesh_shape: tuple[int, ...] | int,
-    num_padded_clients: int,
 ) -> RoundGraph:
     """Selects graph ``graph`` of the pool and rebuilds its weights from the surviving links.
 
-    ``tables`` are this device's slices of ``GossipPlan.device_tables()`` (leading axis 1).
-    ``shifts`` and ``mesh_shape`` are the plan's (an int stands for a 1-D mesh).
-    ``edge_alive`` marks links that exist in this graph and survived failures and dropouts; mixing
-    weights are rebuilt from them (docs/topologies.md §4), so W stays row-stochastic every round.
+    ``tables`` are this device's slice of ``GossipPlan.device_tables()`` (leading axis 1) and
+    ``static`` is ``GossipPlan.static``. ``edge_alive`` marks links that exist in this graph and
+    survived failures and dropouts; mixing weights are rebuilt from them by the plan's rule, the
+    same `topology.link_weights` the host builds W with (docs/topologies.md §2, §4), so W stays
+    row-stochastic every round.
     """
-    t = {k: v[0, graph] for k, v in tables.items()}
+    t = jax.tree.map(lambda v: v[0, graph], tables)
     alive_ext = jnp.concatenate([edge_alive, jnp.zeros((1,), bool)])
-    alive = alive_ext[t["neighbor_edge"]]
-    deg = degrees(edges, edge_alive, num_padded_clients).astype(jnp.float32)
+    alive = alive_ext[t.neighbor_edge]
+    deg = degrees(edges, edge_alive, static.num_positions).astype(jnp.float32)
     my_deg = jnp.sum(alive, axis=1).astype(jnp.float32)
-    if weight_rule == "uniform":
-        weight = jnp.where(alive, 1.0 / (1.0 + my_deg[:, None]), 0.0)
-        self_weight = 1.0 / (1.0 + my_deg)
-    elif weight_rule == "metropolis":
-        other = deg[t["neighbor_client"]]
-        weight = jnp.where(alive, 1.0 / (1.0 + jnp.maximum(my_deg[:, None], other)), 0.0)
-        self_weight = 1.0 - jnp.sum(weight, axis=1)
-    elif weight_rule == "fixed":
-        weight = jnp.where(alive, t["base_weight"], 0.0)
-        self_weight = t["base_self"] + jnp.sum(t["base_weight"] - weight, axis=1)
-    else:
-        raise ValueError(f"unknown weight rule {weight_rule!r}")
-    send = tuple(t[f"send_{i}"] for i in range(len(shifts)))
+    links = Links(alive, my_deg, deg[t.neighbor_client], t.base_weight, t.base_self)
+    weight, self_weight = link_weights(static.weight_rule, links, jnp)
     return RoundGraph(
-        halo_index=t["neighbor_halo"],
-        neighbor_client=t["neighbor_client"],
+        halo_index=t.neighbor_halo,
+        neighbor_client=t.neighbor_client,
         weight=weight.astype(jnp.float32),
         self_weight=self_weight.astype(jnp.float32),
         alive=alive,
-        send=send,
-        shifts=tuple((s,) if isinstance(s, int) else tuple(s) for s in shifts),
-        mesh_shape=(mesh_shape,) if isinstance(mesh_shape, int) else tuple(mesh_shape),
+        send=t.send,
+        shifts=static.shifts,
+        mesh_shape=static.mesh_shape,
     )
 
 

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from spark_tpu import gossip
 from spark_tpu.algorithms import Algorithm, ClientData, Model, RoundContext, tree_where
-from spark_tpu.topology import GossipPlan
+from spark_tpu.topology import DeviceTables, GossipPlan
 
 C = P(gossip.AXIS)  # the client axis on a 1-D mesh; ``client_spec(mesh)`` for any mesh
 R = P()
@@ -40,7 +40,7 @@ class Inputs(NamedTuple):
 
     data: ClientData  # sharded [Q_pad, n, ...]
     client_ids: Any  # sharded int32 [Q_pad]
-    tables: dict  # sharded, device axis first
+    tables: DeviceTables  # sharded, device axis first
     edges: Any  # replicated int32 [G, E, 2]
     edge_valid: Any  # replicated bool [G, E]
     real: Any  # replicated bool [Q_pad]
@@ -59,22 +59,13 @@ def round_context(inputs: Inputs, plan: GossipPlan, faults: Faults, r) -> RoundC
         g = jnp.mod(r, plan.pool_size).astype(jnp.int32)
     else:
         g = jax.random.randint(k_graph, (), 0, plan.pool_size, dtype=jnp.int32)
-    q_pad = plan.slots * plan.num_devices
+    q_pad = plan.num_positions
     up = jax.random.uniform(k_drop, (q_pad,), dtype=jnp.float32) >= faults.client_dropout
     active_all = up & inputs.real
     alive = gossip.sample_links(
         inputs.edges[g], inputs.edge_valid[g], k_fail, faults.link_failure, active_all
     )
-    rg = gossip.round_graph(
-        inputs.tables,
-        g,
-        inputs.edges[g],
-        alive,
-        plan.weight_rule,
-        plan.shifts,
-        plan.mesh_shape,
-        q_pad,
-    )
+    rg = gossip.round_graph(inputs.tables, plan.static, g, inputs.edges[g], alive)
     ids = inputs.client_ids
     return RoundContext(
         round=r,

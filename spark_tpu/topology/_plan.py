@@ -21,10 +21,54 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ._layout import DeviceLayout, flat_layout
+
+
+class DeviceTables(NamedTuple):
+    """A plan's per-device tables with the device axis first, sharded over the mesh (a pytree).
+
+    Host side they are numpy arrays ``[D, G, ...]``; inside ``shard_map`` each device holds its
+    slice ``[1, G, ...]``, from which `gossip.round_graph` takes the round's graph
+    (docs/topologies.md §6).
+
+    Attributes:
+      neighbor_halo: int32 [D, G, L, K]: halo row of each client's k-th neighbour (self if padding).
+      neighbor_client: int32 [D, G, L, K]: global id of that neighbour (self if padding).
+      neighbor_edge: int32 [D, G, L, K]: undirected edge id (``num_edges`` for padding).
+      base_weight: float32 [D, G, L, K]: W_qr of the pool's matrix (0 for padding).
+      base_self: float32 [D, G, L]: W_qq.
+      send: per offset of ``StaticPlan.shifts``, int32 [D, G, m_δ]: local slots to send.
+    """
+
+    neighbor_halo: Any
+    neighbor_client: Any
+    neighbor_edge: Any
+    base_weight: Any
+    base_self: Any
+    send: tuple[Any, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticPlan:
+    """The static (hashable, Python) part of a plan that the compiled round needs.
+
+    Attributes:
+      shifts: device offsets δ (one entry per mesh axis), one ``ppermute`` each, in the order of
+        ``DeviceTables.send``.
+      mesh_shape: (D,) for the flat client axis, (R, C) for a 2-D mesh.
+      weight_rule: 'uniform', 'metropolis' or 'fixed': how weights are rebuilt when links fail
+        (docs/topologies.md §4).
+      num_positions: L·D, the client axis padded with phantom clients.
+    """
+
+    shifts: tuple[tuple[int, ...], ...]
+    mesh_shape: tuple[int, ...]
+    weight_rule: str
+    num_positions: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,17 +140,23 @@ class GossipPlan:
     def halo_size(self) -> int:
         return self.slots + sum(s.shape[-1] for s in self.send)
 
-    def device_tables(self) -> dict[str, np.ndarray]:
+    @property
+    def num_positions(self) -> int:
+        """L·D: positions of the client axis, phantom clients included."""
+        return self.slots * self.num_devices
+
+    @property
+    def static(self) -> StaticPlan:
+        """What the compiled round needs besides the tables (Python values, closed over)."""
+        return StaticPlan(self.shifts, self.mesh_shape, self.weight_rule, self.num_positions)
+
+    def device_tables(self) -> DeviceTables:
         """Per-device tables with the device axis first, ready to be sharded over the mesh."""
-        tables = {
-            "neighbor_halo": self.neighbor_halo,
-            "neighbor_client": self.neighbor_client,
-            "neighbor_edge": self.neighbor_edge,
-            "base_weight": self.base_weight,
-            "base_self": self.base_self,
-        }
-        tables.update({f"send_{i}": s for i, s in enumerate(self.send)})
-        return {k: np.swapaxes(v, 0, 1) for k, v in tables.items()}
+        swap = lambda v: np.swapaxes(v, 0, 1)  # noqa: E731
+        return DeviceTables(
+            swap(self.neighbor_halo), swap(self.neighbor_client), swap(self.neighbor_edge),
+            swap(self.base_weight), swap(self.base_self), tuple(swap(v) for v in self.send),
+        )
 
 
 def _edge_list(w: np.ndarray) -> tuple[np.ndarray, dict[tuple[int, int], int]]:
@@ -232,28 +282,3 @@ def _neighbor_tables(matrices, nbrs, position, slots, d, k, halo_row, placement)
         "edges": edges,
         "edge_valid": valid,
     }
-
-
-def degree_buckets(plan: GossipPlan, min_saving: float = 0.2) -> tuple[int, int] | None:
-    """Two pooled widths for neighbourhood-pooling methods on graphs with uneven degrees.
-
-    A client's pooled data has one block per closed-neighbourhood slot, padded to the pool's
-    largest degree K. With ``(s, b)`` every client is evolved on its first ``s`` slots (self and
-    up to s − 1 alive neighbours, compacted to the front), and the ``b`` clients of a device with
-    the most pooled rows again on all K + 1: enough, because in no graph of the pool does any
-    device hold more than ``b`` clients of degree ≥ s (links that fail only lower degrees). The
-    widths minimise L·s² + b·(K + 1)² (the NTK step's cost grows with the square of the pooled
-    size); None when that saves less than ``min_saving`` of L·(K + 1)², e.g. on regular graphs.
-    """
-    degrees = (plan.base_weight > 0).sum(axis=-1)  # [G, D, L]
-    k1, slots = plan.max_degree + 1, plan.slots
-    full = slots * k1**2
-    best = None
-    for s in range(1, k1):
-        b = int((degrees >= s).sum(axis=-1).max())  # clients needing more than s slots
-        cost = slots * s**2 + b * k1**2
-        if best is None or cost < best[0]:
-            best = (cost, s, b)
-    if best is None or best[0] > (1 - min_saving) * full:
-        return None
-    return best[1], best[2]
