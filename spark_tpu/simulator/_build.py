@@ -55,7 +55,7 @@ def make_topology(cfg: Config) -> topology.Topology:
     name = cfg.topology if cfg.spec.uses_graph else "complete"
     return topology.Topology(
         name=name, clients=cfg.clients, degree=cfg.degree, mixing=cfg.mixing,
-        time_varying=cfg.time_varying and name in ("regular", "erdos_renyi"),
+        time_varying=cfg.time_varying and topology.GRAPHS.get(name).random,
         pool_size=cfg.graph_pool, edge_probability=cfg.edge_probability,
         torus_shape=cfg.torus_shape, path=cfg.topology_file, seed=cfg.seed,
     )
