@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from spark_tpu import algorithms, registry
+from spark_tpu import algorithms, data, models, registry
 
-ALGORITHMS = algorithms.ALGORITHMS.names()  # the built-ins; see `algorithms.register` for more
-PARTITIONS = ("dirichlet", "dirichlet_disjoint", "iid", "shards")
-MODELS = ("mlp", "cnn", "ntk_mlp", "linear")
+# The built-ins (a name registered later is accepted too: validation reads the live registries).
+ALGORITHMS = algorithms.ALGORITHMS.names()  # see `algorithms.register`
+PARTITIONS = data.PARTITIONERS.names()  # see `data.register_partitioner`
+MODELS = models.MODELS.names()  # see `models.register`
 LOSSES = ("ce", "mse")
 # "adaptive" (error-controlled RK4) or a fixed-step key of spark_tpu.ntk.TABLEAUX
 SOLVERS = ("adaptive", "rk4", "bosh3", "dopri5", "midpoint", "euler", "rkc4", "rkc6")
@@ -129,10 +130,10 @@ class Config:
     def __post_init__(self):
         object.__setattr__(self, "algorithm", algorithms.ALGORITHMS.canonical(self.algorithm))
         spec = algorithms.get(self.algorithm)  # a one-line error for an unknown name
-        if self.partition != CUSTOM:  # custom: an object given to spark_tpu.simulate
-            _choice("--partition", self.partition, PARTITIONS)
-        if self.model != CUSTOM and not registry.is_import_path(self.model):  # pkg.mod:factory
-            _choice("--model", self.model, MODELS)
+        # custom: an object given to spark_tpu.simulate; an import path is imported at build time
+        for name, known in ((self.partition, data.PARTITIONERS), (self.model, models.MODELS)):
+            if name != CUSTOM and not registry.is_import_path(name):
+                known.get(name)  # a one-line error listing the choices
         _choice("--loss", self.loss, LOSSES)
         _choice("--tau_selection", self.tau_selection, TAU_SELECTIONS)
         _positive("--clients", self.clients, minimum=2)
