@@ -145,6 +145,13 @@ class Registry(Generic[T]):
             self._hidden.discard(name)
         return obj
 
+    def unregister(self, name: str) -> None:
+        """Removes ``name`` and its aliases (for tests and interactive sessions)."""
+        self._items.pop(name, None)
+        self._hidden.discard(name)
+        for alias in [a for a, target in self._aliases.items() if target == name]:
+            del self._aliases[alias]
+
     def canonical(self, name: str) -> str:
         """The registered name for an alias (the name itself otherwise)."""
         return self._aliases.get(name, name)
