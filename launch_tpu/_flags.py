@@ -8,6 +8,7 @@ import textwrap
 
 from absl import flags
 
+from spark_tpu import data, models, topology
 from spark_tpu.simulator import ALGORITHMS, Config, refuse_unused
 
 _D = Config()
@@ -19,12 +20,14 @@ flags.DEFINE_string("algorithm", _D.algorithm, f"One of {', '.join(ALGORITHMS)} 
                     "build function; docs/extending.md).")
 flags.DEFINE_multi_string("algorithm_option", [], "KEY=VALUE for your algorithm's own options "
                           "(AlgorithmSpec.defaults; repeatable).")
-flags.DEFINE_string("dataset", _D.dataset, "fashion_mnist, mnist, emnist, cifar10, two_moons, "
-                    "digits, or any tfds image-classification name.")
+flags.DEFINE_string("dataset", _D.dataset, "fashion_mnist, mnist, emnist, cifar10 or any tfds "
+                    f"image-classification name; {', '.join(data.DATASETS)}; or your own loader by "
+                    "import path: package.module:attribute (a function returning a "
+                    "spark_tpu.data.Dataset; docs/extending.md).")
 flags.DEFINE_string("data_dir", None, "tfds/array_record cache (default $SPARK_TPU_DATA_DIR or "
                     "~/.cache/spark_tpu/tfds); prepared automatically when missing.")
 flags.DEFINE_string("idx_dir", None, "Folder of MNIST-format IDX files for offline preparation.")
-flags.DEFINE_string("partition", _D.partition, "dirichlet, dirichlet_disjoint, iid, shards, or "
+flags.DEFINE_string("partition", _D.partition, f"One of {', '.join(data.PARTITIONERS)}, or "
                     "file (read from --partition_file).")
 flags.DEFINE_string("partition_file", None, "For --partition=file: each client's train indices in "
                     "the data set's source order (Fashion-MNIST: the IDX files'), as .json, .npy, "
@@ -33,9 +36,12 @@ flags.DEFINE_float("alpha", _D.alpha, "Dirichlet concentration (smaller = more l
 flags.DEFINE_integer("shards_per_client", _D.shards_per_client, "Classes per client for shards.")
 flags.DEFINE_integer("clients", _D.clients, "Number of clients Q.")
 flags.DEFINE_integer("samples_per_client", _D.samples_per_client, "Samples per client.")
-flags.DEFINE_string("model", _D.model, "mlp (784-100-10), cnn, ntk_mlp or linear (affine).")
-flags.DEFINE_string("topology", _D.topology, "ring, star, complete, torus, regular, erdos_renyi, "
-                    "exponential or custom.")
+flags.DEFINE_string("model", _D.model, f"One of {', '.join(models.MODELS)} (mlp: 784-100-10; "
+                    "linear: affine), or your own by import path: package.module:attribute (a "
+                    "factory (input_shape, *, num_classes, key) -> Equinox module; "
+                    "docs/extending.md).")
+flags.DEFINE_string("topology", _D.topology, f"One of {', '.join(topology.TOPOLOGIES)} "
+                    "(custom: --topology_file).")
 flags.DEFINE_integer("degree", _D.degree, "d for --topology=regular.")
 flags.DEFINE_string("mixing", _D.mixing, "uniform (1/(deg+1), NTK-DFL) or metropolis.")
 flags.DEFINE_bool("time_varying", _D.time_varying, "A random graph every round, drawn from a pool "

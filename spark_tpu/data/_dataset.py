@@ -1,4 +1,4 @@
-"""The in-memory dataset and its input normalization (docs/data.md §2).
+"""The in-memory dataset, its loaders by name, and its input normalization (docs/data.md §2).
 
 A `Dataset` is plain numpy: the whole train and test split, small enough for host memory on every
 dataset the simulator uses, placed on the device mesh once by the simulator.
@@ -6,9 +6,12 @@ dataset the simulator uses, placed on the device mesh once by the simulator.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+
+from spark_tpu.registry import Registry
 
 # Reference normalization constants (mean, std of x / 255 per channel). Fashion-MNIST and MNIST are
 # docs/data.md §2; CIFAR-10 is what the NTK-DFL reference code hardcodes. Every other dataset gets
@@ -49,6 +52,18 @@ class Dataset(NamedTuple):
     mean: tuple[float, ...]
     std: tuple[float, ...]
     scale: float
+
+
+
+# A loader ``(*, seed, data_dir, idx_dir) -> Dataset`` receives the keywords it names. Data sets
+# not registered here are tfds names (`load_dataset`); the built-ins register in `_sklearn.py`.
+DatasetLoader = Callable[..., Dataset]
+DATASETS: Registry[DatasetLoader] = Registry("data set", "dataset")
+
+
+def register_dataset(name: str, loader: DatasetLoader, *, replace: bool = False) -> DatasetLoader:
+    """Makes ``loader`` available as ``--dataset=name`` and to `spark_tpu.simulate`; returns it."""
+    return DATASETS.register(name, loader, replace=replace)
 
 
 def normalize(x: np.ndarray, dataset: Dataset) -> np.ndarray:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._partition import register_partitioner
+
 
 def _class_pools(labels: np.ndarray) -> list[np.ndarray]:
     """Indices of each class that occurs in ``labels`` (absent classes are left out)."""
@@ -74,6 +76,9 @@ def dirichlet(
     return per_client
 
 
+register_partitioner("dirichlet", dirichlet)
+
+
 def _repair_min_size(per_client: list[np.ndarray], min_size: int) -> list[np.ndarray]:
     """Moves examples from the largest clients to those below ``min_size`` (deterministic)."""
     sizes = np.array([len(ix) for ix in per_client])
@@ -130,3 +135,6 @@ def dirichlet_disjoint(
             pieces[q].append(chunk)
     per_client = [rng.permutation(np.concatenate(p)) for p in pieces]
     return _repair_min_size(per_client, min_size)
+
+
+register_partitioner("dirichlet_disjoint", dirichlet_disjoint, disjoint=True)

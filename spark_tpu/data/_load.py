@@ -1,7 +1,9 @@
 """Loading a dataset by name into numpy (docs/data.md §1).
 
-tfds datasets are read with `tfds.data_source` (random access over array_record, no TensorFlow);
-a missing cache is prepared first (`prepare_dataset`). The scikit-learn datasets are generated.
+A name registered in `DATASETS` (the scikit-learn ones, yours) or an import path
+``package.module:loader`` is made by its loader; any other name is a tfds dataset, read with
+`tfds.data_source` (random access over array_record, no TensorFlow) after a missing cache is
+prepared (`prepare_dataset`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from ._dataset import Dataset, image_stats
+from spark_tpu.registry import call_with, is_import_path
+
+from ._dataset import DATASETS, Dataset, image_stats
 from ._errors import CorruptDataError, DatasetNotFoundError
 from ._prepare import (
     default_data_dir,
@@ -24,7 +28,6 @@ from ._prepare import (
     tfds_name,
     version_dirs,
 )
-from ._sklearn import sklearn_digits, two_moons
 
 SPLITS = ("train", "test")
 _READ_CHUNK = 4096
@@ -43,12 +46,14 @@ def load_dataset(
     Args:
       name: ``"fashion_mnist"`` (the default), ``"mnist"``, ``"emnist"`` (tfds ``emnist/digits``),
         ``"cifar10"``, any other tfds image-classification name with ``train`` and ``test`` splits,
-        or ``"two_moons"`` / ``"digits"`` (scikit-learn, no cache).
+        a name of `DATASETS` (``"two_moons"`` / ``"digits"``: scikit-learn, no cache; or one you
+        registered), or an import path ``package.module:loader`` (a function returning a
+        `Dataset`, called with the keywords it names among ``seed``, ``data_dir``, ``idx_dir``).
       data_dir: the tfds cache root; default ``$SPARK_TPU_DATA_DIR`` or ``~/.cache/spark_tpu/tfds``.
       idx_dir: IDX files to prepare from when the cache is missing (MNIST family); ignored once the
         cache exists.
       prepare: prepare a missing cache (`prepare_dataset`); if False, a missing cache raises.
-      seed: the scikit-learn datasets' seed (two-moons' draw, digits' split); unused otherwise.
+      seed: a loader's seed (two-moons' draw, digits' split); unused for tfds.
 
     Returns:
       A `Dataset`: uint8 images ``[N, H, W, C]`` (float32 ``[N, 2]`` for two-moons), int32 labels.
@@ -64,10 +69,12 @@ def load_dataset(
       >>> ds.train_x.shape, ds.num_classes
       ((1600, 2), 2)
     """
-    if name == "two_moons":
-        return two_moons(seed=seed)
-    if name == "digits":
-        return sklearn_digits(seed=seed)
+    if name in DATASETS or is_import_path(name):
+        ds = call_with(DATASETS.get(name), seed=seed, data_dir=data_dir, idx_dir=idx_dir)
+        if not isinstance(ds, Dataset):
+            raise TypeError(f"--dataset={name}: the loader returned a {type(ds).__name__}, not a "
+                            "data.Dataset (see data.from_arrays).")
+        return ds
     data_dir = (
         os.path.expanduser(os.fspath(data_dir)) if data_dir is not None else default_data_dir()
     )

@@ -3,6 +3,8 @@
 `partition` is the one entry point: it validates the request, seeds a numpy Generator and runs one
 of the methods in `PARTITIONERS`. Every method returns per-client index lists; `Partition` stacks
 them into a padded ``[clients, n_max]`` table with a mask, the static shape the simulator needs.
+The built-ins register themselves next to their functions (`_dirichlet.py`, `_shards.py`); a new
+one is one function and one `register_partitioner` line (docs/extending.md §4).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._dirichlet import dirichlet, dirichlet_disjoint
+from spark_tpu.registry import Registry, accepts, call_with
+
 from ._partition_file import file_partition
-from ._shards import iid, shards
 
 
 class Partition(NamedTuple):
@@ -31,16 +33,29 @@ class Partition(NamedTuple):
     sizes: np.ndarray
 
 
+# (labels, num_clients, samples_per_client, rng, **options) -> per-client index arrays; the options
+# it names among alpha, min_size and shards_per_client are passed (and validated).
 PartitionFn = Callable[..., list[np.ndarray]]
-PARTITIONERS: dict[str, PartitionFn] = {
-    "dirichlet": dirichlet,
-    "dirichlet_disjoint": dirichlet_disjoint,
-    "iid": iid,
-    "shards": shards,
-}
-_DISJOINT = ("dirichlet_disjoint", "iid", "shards")
-# Every --partition value: the seeded methods, and "file" (a partition read from --partition_file).
-METHODS = (*PARTITIONERS, "file")
+PARTITIONERS: Registry[PartitionFn] = Registry("partitioner", "partition")
+_DISJOINT: set[str] = set()  # partitioners that never give one example to two clients
+
+
+def register_partitioner(
+    name: str, fn: PartitionFn, *, disjoint: bool = False, replace: bool = False
+) -> PartitionFn:
+    """Makes ``fn`` available as ``--partition=name`` and to `spark_tpu.simulate`; returns it.
+
+    ``disjoint``: no example goes to two clients, so ``clients × samples_per_client`` must not
+    exceed the training set (checked before ``fn`` runs).
+    """
+    PARTITIONERS.register(name, fn, replace=replace)
+    if disjoint:
+        _DISJOINT.add(name)
+    else:
+        _DISJOINT.discard(name)
+    return fn
+# Every --partition value: the registered partitioners, and "file" (read from --partition_file).
+FILE = "file"
 
 
 def from_index_lists(per_client: Sequence[np.ndarray]) -> Partition:
@@ -56,8 +71,7 @@ def from_index_lists(per_client: Sequence[np.ndarray]) -> Partition:
 
 def _validate(labels, num_clients, method, alpha, samples_per_client, shards_per_client) -> int:
     """Checks every argument against the flag it comes from; returns samples per client."""
-    if method not in METHODS:
-        raise ValueError(f"--partition={method}: expected one of {', '.join(METHODS)}.")
+    fn = None if method == FILE else PARTITIONERS.get(method)  # one line listing the choices
     if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
             "partition needs a non-empty 1-D integer label array, "
@@ -68,9 +82,9 @@ def _validate(labels, num_clients, method, alpha, samples_per_client, shards_per
     n = labels.size
     if num_clients < 1 or num_clients > n:
         raise ValueError(f"--clients={num_clients}: need between 1 and the {n} training examples.")
-    if method == "file":  # the file fixes each client's examples; the options below do not apply
+    if fn is None:  # the file fixes each client's examples; the options below do not apply
         return 0
-    if method.startswith("dirichlet") and not (np.isfinite(alpha) and alpha > 0):
+    if accepts(fn, "alpha") and not (np.isfinite(alpha) and alpha > 0):
         raise ValueError(
             f"--alpha={alpha}: the Dirichlet concentration must be a finite number > 0 "
             "(0.05 = strong label skew, 100 = nearly IID)."
@@ -87,7 +101,7 @@ def _validate(labels, num_clients, method, alpha, samples_per_client, shards_per
             f"distinct examples but the train set has {n} (--partition={method} is disjoint); use "
             f"--samples_per_client ≤ {n // num_clients}, fewer clients, or --partition=dirichlet."
         )
-    if method == "shards" and not 1 <= shards_per_client <= spc:
+    if accepts(fn, "shards_per_client") and not 1 <= shards_per_client <= spc:
         raise ValueError(
             f"--shards_per_client={shards_per_client}: must be between 1 and "
             f"--samples_per_client={spc}."
@@ -126,7 +140,8 @@ def partition(
     Args:
       labels: ``int [N]`` training labels.
       num_clients: Q (flag ``--clients``).
-      method: one of ``PARTITIONERS`` (flag ``--partition``).
+      method: a name of ``PARTITIONERS`` or an import path ``package.module:attribute`` (flag
+        ``--partition``); each partitioner receives the options below that it names.
       seed: seeds ``np.random.default_rng``; the same seed gives the same partition.
       alpha: Dirichlet concentration α > 0 (``--alpha``); smaller is more skewed.
       samples_per_client: n per client (``--samples_per_client``); default ``N // num_clients``
@@ -156,11 +171,8 @@ def partition(
             raise ValueError("--partition=file needs --partition_file=PATH (docs/data.md §6).")
         return from_index_lists(file_partition(path, labels.size, num_clients, dataset))
     rng = np.random.default_rng(seed)
-    options = {
-        "dirichlet": dict(alpha=alpha, min_size=min_size),
-        "dirichlet_disjoint": dict(alpha=alpha, min_size=min_size),
-        "iid": {},
-        "shards": dict(shards_per_client=shards_per_client),
-    }[method]
-    per_client = PARTITIONERS[method](labels, num_clients, spc, rng, **options)
+    per_client = call_with(
+        PARTITIONERS.get(method), labels, num_clients, spc, rng,
+        alpha=alpha, min_size=min_size, shards_per_client=shards_per_client,
+    )
     return from_index_lists(per_client)

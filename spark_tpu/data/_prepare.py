@@ -27,10 +27,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from ._builders import IDX_BUILDERS, find_idx_files, idx_builder, idx_file_names, png_builder
+from ._dataset import DATASETS
 from ._errors import DatasetNotFoundError
 
 DATA_DIR_ENV = "SPARK_TPU_DATA_DIR"
-SKLEARN_DATASETS = ("two_moons", "digits")
 # Short names accepted beside tfds names.
 ALIASES = {"emnist": "emnist/digits"}
 # Local IDX files installed by a Debian package: name -> (folder, package).
@@ -169,15 +169,16 @@ def prepare_dataset(
       DatasetNotFoundError: no local files and ``download`` is False, the download failed, or the
         builder needs TensorFlow; the message says where we looked and what command provides it.
       CorruptDataError: a source IDX file is truncated or corrupt.
-      ValueError: ``name`` is not a tfds name, or is one of the scikit-learn datasets (which need
-        no preparing).
+      ValueError: ``name`` is not a tfds name, or is a registered data set (`DATASETS`, e.g. the
+        scikit-learn ones, which need no preparing).
 
     Examples:
       >>> prepare_dataset("fashion_mnist", data_dir="/tmp/tfds")  # doctest: +SKIP
       PosixPath('/tmp/tfds/fashion_mnist/3.0.1')
     """
-    if name in SKLEARN_DATASETS:
-        raise ValueError(f"--dataset={name} ships with scikit-learn and needs no preparing.")
+    if name in DATASETS:
+        raise ValueError(f"--dataset={name} is made by its registered loader (two_moons and "
+                         "digits ship with scikit-learn) and needs no preparing.")
     data_dir = (
         os.path.expanduser(os.fspath(data_dir)) if data_dir is not None else default_data_dir()
     )

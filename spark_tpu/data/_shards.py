@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._partition import register_partitioner
+
 
 def iid(
     labels: np.ndarray, num_clients: int, samples_per_client: int, rng: np.random.Generator
@@ -11,6 +13,9 @@ def iid(
     """A uniform random disjoint split: the first Q·n of a random permutation, n per client."""
     chosen = rng.permutation(labels.size)[: num_clients * samples_per_client]
     return list(chosen.reshape(num_clients, samples_per_client))
+
+
+register_partitioner("iid", iid, disjoint=True)
 
 
 def _shard_counts(num_classes: int, total: int, rng: np.random.Generator) -> np.ndarray:
@@ -85,3 +90,6 @@ def shards(
         rng.permutation(np.concatenate([class_shards[c].pop() for c in assigned[q]]))
         for q in range(num_clients)
     ]
+
+
+register_partitioner("shards", shards, disjoint=True)

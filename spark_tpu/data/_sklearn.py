@@ -10,7 +10,7 @@ import numpy as np
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 
-from ._dataset import Dataset, channel_stats
+from ._dataset import Dataset, channel_stats, register_dataset
 
 _DIGITS_SCALE = 16.0  # load_digits pixels are counts 0..16 (4×4 blocks of a 32×32 bitmap)
 
@@ -61,6 +61,9 @@ def two_moons(
     )
 
 
+register_dataset("two_moons", two_moons)
+
+
 def sklearn_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """scikit-learn's handwritten digits: 1,797 8×8 images, 10 classes (`load_digits`).
 
@@ -99,3 +102,6 @@ def sklearn_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
         std=std,
         scale=_DIGITS_SCALE,
     )
+
+
+register_dataset("digits", sklearn_digits)

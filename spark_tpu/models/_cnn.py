@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, DTypeLike, Float, PRNGKeyArray
 
+from ._factory import register
 from ._layers import Conv2d, Dense, kaiming_conv, kaiming_dense
 from ._sequential import AbstractSequential
 
@@ -66,3 +67,6 @@ class CNN(AbstractSequential):
     def _between(self, index: int, z: Array) -> Array:
         h = _avg_pool2(jax.nn.relu(z))
         return h if index == 0 else jnp.reshape(h, (-1,))
+
+
+register("cnn", CNN)

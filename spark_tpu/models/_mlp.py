@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, DTypeLike, Float, PRNGKeyArray
 
+from ._factory import register
 from ._layers import Dense, kaiming_dense
 from ._sequential import AbstractSequential, get_activation
 
@@ -80,6 +81,15 @@ class MLP(_AbstractMLP):
         self.activation = activation
 
 
+def linear(input_shape: Sequence[int], **options) -> MLP:
+    """An affine model f(x) = Wx + b: the MLP without hidden layers."""
+    return MLP(input_shape, hidden=(), **options)
+
+
+register("mlp", MLP)
+register("linear", linear)
+
+
 class NTKMLP(_AbstractMLP):
     """An MLP in NTK parameterization (arXiv 2409.15267, eq. (1); docs/dynamics.md §6).
 
@@ -129,3 +139,14 @@ class NTKMLP(_AbstractMLP):
         self.layers = tuple(layers)
         self.input_shape = tuple(int(d) for d in input_shape)
         self.activation = activation
+
+
+def ntk_mlp(
+    input_shape: Sequence[int], *, num_classes: int, key: PRNGKeyArray,
+    hidden: int | Sequence[int] = (256,), **options,
+) -> NTKMLP:
+    """`NTKMLP` with seed 002's default width, ``hidden=(256,)``."""
+    return NTKMLP(input_shape, hidden, num_classes, key=key, **options)
+
+
+register("ntk_mlp", ntk_mlp)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
-import equinox as eqx
-
 import jax
 import numpy as np
 from absl import logging
 
-from spark_tpu import algorithms, data, models, registry, topology
+from spark_tpu import algorithms, data, models, topology
 
 from ._config import CUSTOM, Config
 
@@ -55,7 +53,7 @@ def make_topology(cfg: Config) -> topology.Topology:
     name = cfg.topology if cfg.spec.uses_graph else "complete"
     return topology.Topology(
         name=name, clients=cfg.clients, degree=cfg.degree, mixing=cfg.mixing,
-        time_varying=cfg.time_varying and name in ("regular", "erdos_renyi"),
+        time_varying=cfg.time_varying and topology.GRAPHS.get(name).random,
         pool_size=cfg.graph_pool, edge_probability=cfg.edge_probability,
         torus_shape=cfg.torus_shape, path=cfg.topology_file, seed=cfg.seed,
     )
@@ -113,23 +111,12 @@ class Custom(NamedTuple):
 
 
 def make_model(cfg: Config, ds, custom: Custom):
-    """The initial network: the user's module, a factory (custom or ``--model=pkg.mod:attr``),
-    or a built-in by name."""
-    key = jax.random.key(cfg.seed)
-    factory = custom.model
-    if factory is None and registry.is_import_path(cfg.model):
-        factory = registry.import_object(cfg.model, "model")
-    if factory is None:
-        if cfg.model == CUSTOM:
-            raise ValueError("--model=custom: pass the model object (spark_tpu.simulate(model=...)).")
-        return models.make_model(cfg.model, ds.input_shape, ds.num_classes, key=key)
-    if isinstance(factory, eqx.Module):
-        return factory
-    net = factory(ds.input_shape, num_classes=ds.num_classes, key=key)
-    if not isinstance(net, eqx.Module):
-        raise TypeError(f"--model={cfg.model}: the factory returned a {type(net).__name__}, not an "
-                        "Equinox module.")
-    return net
+    """The initial network: the user's module or factory, or ``--model`` (a registered name or
+    ``package.module:attribute``) through `models.MODELS`."""
+    if custom.model is None and cfg.model == CUSTOM:
+        raise ValueError("--model=custom: pass the model object (spark_tpu.simulate(model=...)).")
+    model = cfg.model if custom.model is None else custom.model
+    return models.make_model(model, ds.input_shape, ds.num_classes, key=jax.random.key(cfg.seed))
 
 
 def _check_partition(part, cfg: Config, ds) -> None:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from spark_tpu import algorithms, registry
+from spark_tpu import algorithms, data, models, registry
 
-ALGORITHMS = algorithms.ALGORITHMS.names()  # the built-ins; see `algorithms.register` for more
-PARTITIONS = ("dirichlet", "dirichlet_disjoint", "iid", "shards", "file")
+# The built-ins (a name registered later is accepted too: validation reads the live registries).
+ALGORITHMS = algorithms.ALGORITHMS.names()  # see `algorithms.register`
+PARTITIONS = data.PARTITIONERS.names()  # see `data.register_partitioner`
+MODELS = models.MODELS.names()  # see `models.register`
 # Options of the seeded partitions that --partition=file (a fixed split) does not read.
 DRAWN_PARTITION_OPTIONS = ("alpha", "shards_per_client", "samples_per_client")
-MODELS = ("mlp", "cnn", "ntk_mlp", "linear")
 LOSSES = ("ce", "mse")
 # "adaptive" (error-controlled RK4) or a fixed-step key of spark_tpu.ntk.TABLEAUX
 SOLVERS = ("adaptive", "rk4", "bosh3", "dopri5", "midpoint", "euler", "rkc4", "rkc6")
@@ -135,8 +136,10 @@ class Config:
     def __post_init__(self):
         object.__setattr__(self, "algorithm", algorithms.ALGORITHMS.canonical(self.algorithm))
         spec = algorithms.get(self.algorithm)  # a one-line error for an unknown name
-        if self.partition != CUSTOM:  # custom: an object given to spark_tpu.simulate
-            _choice("--partition", self.partition, PARTITIONS)
+        # custom: an object given to spark_tpu.simulate; an import path is imported at build time
+        for name, known in ((self.partition, data.PARTITIONERS), (self.model, models.MODELS)):
+            if name not in (CUSTOM, "file") and not registry.is_import_path(name):
+                known.get(name)  # a one-line error listing the choices
         if self.partition == "file" and not self.partition_file:
             raise ValueError("--partition=file needs --partition_file=PATH: a .json, .npy, .npz or "
                              ".pkl of each client's train indices (docs/data.md §6).")
@@ -144,8 +147,6 @@ class Config:
             raise ValueError(f"--partition_file={self.partition_file} is read only with "
                              f"--partition=file, not --partition={self.partition}: add "
                              "--partition=file or remove --partition_file.")
-        if self.model != CUSTOM and not registry.is_import_path(self.model):  # pkg.mod:factory
-            _choice("--model", self.model, MODELS)
         _choice("--loss", self.loss, LOSSES)
         _choice("--tau_selection", self.tau_selection, TAU_SELECTIONS)
         _positive("--clients", self.clients, minimum=2)

@@ -1,11 +1,14 @@
 """Graphs, mixing matrices and gossip plans (docs/topologies.md; docs/architecture.md §2, layer 1)."""
 
+from ._graphs import GRAPHS as GRAPHS
+from ._graphs import GraphSpec as GraphSpec
 from ._graphs import complete as complete
 from ._graphs import default_torus_shape as default_torus_shape
 from ._graphs import erdos_renyi as erdos_renyi
 from ._graphs import exponential as exponential
 from ._graphs import is_connected as is_connected
 from ._graphs import random_regular as random_regular
+from ._graphs import register as register
 from ._graphs import ring as ring
 from ._graphs import star as star
 from ._graphs import torus as torus

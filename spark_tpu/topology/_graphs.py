@@ -1,18 +1,60 @@
-"""Communication graphs (docs/topologies.md §1).
+"""Communication graphs (docs/topologies.md §1) and the registry `--topology` names them by.
 
 Every constructor returns a symmetric boolean adjacency matrix without self-loops. Errors name the
 launcher flag that carries the offending value, so a bad request fails at start-up with a message
-a user can act on.
+a user can act on. Each built-in is registered in `GRAPHS` next to its function; a new graph is
+one function and one ``register(GraphSpec(...))`` (docs/extending.md §5).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
+from typing import Any
 
 import networkx as nx
 import numpy as np
 
+from spark_tpu.registry import Registry
+
 Adjacency = np.ndarray  # bool [n, n], symmetric, zero diagonal
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphSpec:
+    """A graph ``--topology`` can name.
+
+    Attributes:
+      name: what ``--topology`` calls it.
+      build: ``(topology, seed) -> Adjacency``: the graph for a `Topology` (its ``clients``,
+        ``degree``, ``edge_probability``, ``torus_shape``, ``path``) and a draw's seed.
+      random: drawn from the seed, so ``--time_varying`` may redraw it every round.
+      hidden: accepted but not listed (in ``--help`` and error messages).
+    """
+
+    name: str
+    build: Callable[[Any, int], Adjacency]
+    random: bool = False
+    hidden: bool = False
+
+
+def _as_spec(path: str, obj) -> GraphSpec:
+    """``obj`` (a GraphSpec or a ``(topology, seed)`` function) as a spec named ``path``."""
+    if isinstance(obj, GraphSpec):
+        return dataclasses.replace(obj, name=path)
+    if callable(obj):
+        return GraphSpec(path, obj)
+    raise ValueError(f"--topology={path}: is a {type(obj).__name__}, not a GraphSpec or a "
+                     "function (topology, seed) -> adjacency.")
+
+
+GRAPHS: Registry[GraphSpec] = Registry("topology", "topology", convert=_as_spec)
+
+
+def register(spec: GraphSpec, *, replace: bool = False) -> GraphSpec:
+    """Makes ``spec`` available as ``--topology=spec.name`` and to `spark_tpu.simulate`."""
+    return GRAPHS.register(spec.name, spec, replace=replace, hidden=spec.hidden)
 
 
 def _check_clients(n: int, minimum: int = 2) -> None:
@@ -37,6 +79,18 @@ def ring(n: int) -> Adjacency:
     return adj
 
 
+register(GraphSpec("ring", lambda t, seed: ring(t.clients)))
+
+
+def _ring_shuffled(topology, seed: int) -> Adjacency:
+    """A ring over a random client order (programmatic use; not listed)."""
+    order = np.argsort(np.random.default_rng(seed).permutation(topology.clients))
+    return ring(topology.clients)[np.ix_(order, order)]
+
+
+register(GraphSpec("ring_shuffled", _ring_shuffled, random=True, hidden=True))
+
+
 def star(n: int) -> Adjacency:
     """Star graph: client 0 is the hub."""
     _check_clients(n)
@@ -45,10 +99,16 @@ def star(n: int) -> Adjacency:
     return adj
 
 
+register(GraphSpec("star", lambda t, seed: star(t.clients)))
+
+
 def complete(n: int) -> Adjacency:
     """Complete graph."""
     _check_clients(n)
     return ~np.eye(n, dtype=bool)
+
+
+register(GraphSpec("complete", lambda t, seed: complete(t.clients)))
 
 
 def torus(rows: int, cols: int, n: int | None = None) -> Adjacency:
@@ -79,6 +139,11 @@ def default_torus_shape(n: int) -> tuple[int, int]:
     return rows, n // rows
 
 
+register(GraphSpec(
+    "torus", lambda t, seed: torus(*(t.torus_shape or default_torus_shape(t.clients)), t.clients)
+))
+
+
 def random_regular(n: int, degree: int, seed: int) -> Adjacency:
     """Uniformly random connected ``degree``-regular graph (redrawn until connected)."""
     _check_clients(n)
@@ -99,6 +164,11 @@ def random_regular(n: int, degree: int, seed: int) -> Adjacency:
     raise ValueError(f"--degree={degree}: no connected {degree}-regular graph on {n} clients found.")
 
 
+register(GraphSpec(
+    "regular", lambda t, seed: random_regular(t.clients, t.degree, seed), random=True
+))
+
+
 def erdos_renyi(n: int, p: float, seed: int) -> Adjacency:
     """Erdős–Rényi G(n, p), redrawn until connected (docs/topologies.md §1)."""
     _check_clients(n)
@@ -116,6 +186,11 @@ def erdos_renyi(n: int, p: float, seed: int) -> Adjacency:
     )
 
 
+register(GraphSpec(
+    "erdos_renyi", lambda t, seed: erdos_renyi(t.clients, t.edge_probability, seed), random=True
+))
+
+
 def exponential(n: int) -> Adjacency:
     """Exponential graph: i ↔ i ± 2^m (mod n) for every power of two below n."""
     _check_clients(n)
@@ -128,6 +203,9 @@ def exponential(n: int) -> Adjacency:
         hop *= 2
     np.fill_diagonal(adj, False)
     return adj
+
+
+register(GraphSpec("exponential", lambda t, seed: exponential(t.clients)))
 
 
 def load_matrix(path: str, n: int) -> np.ndarray:

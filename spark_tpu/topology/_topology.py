@@ -13,11 +13,22 @@ import dataclasses
 import numpy as np
 
 from . import _graphs, _mixing
+from ._graphs import GRAPHS, GraphSpec, register
 
-TOPOLOGIES = (
-    "ring", "star", "complete", "torus", "regular", "erdos_renyi", "exponential", "custom",
-)
-RANDOM_TOPOLOGIES = ("regular", "erdos_renyi", "ring_shuffled")
+
+def _custom(topology: "Topology", seed: int) -> np.ndarray:
+    """The graph of ``--topology_file`` (a 0/1 adjacency, or a mixing matrix's support)."""
+    del seed
+    _, matrix = topology._custom_kind()
+    adj = matrix > 0
+    np.fill_diagonal(adj, False)
+    if not _graphs.is_connected(adj | adj.T):
+        raise ValueError(f"--topology_file={topology.path}: the graph is not connected.")
+    return adj
+
+
+register(GraphSpec("custom", _custom))
+TOPOLOGIES = GRAPHS.names()  # the built-ins; see `register` for more
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +36,8 @@ class Topology:
     """What graph to run on, as the launcher flags describe it.
 
     Attributes:
-      name: one of ``TOPOLOGIES`` (``ring_shuffled`` is a ring over a random client order).
+      name: a name of ``GRAPHS`` (``ring_shuffled``, not listed, is a ring over a random client
+        order), or an import path ``package.module:attribute``.
       clients: number of clients Q.
       degree: d for ``regular``.
       mixing: 'uniform' or 'metropolis' weights.
@@ -49,15 +61,14 @@ class Topology:
     seed: int = 0
 
     def __post_init__(self):
-        if self.name not in TOPOLOGIES + ("ring_shuffled",):
-            raise ValueError(f"--topology={self.name}: choose one of {', '.join(TOPOLOGIES)}.")
+        spec = self.spec  # a one-line error for an unknown name
         if self.mixing not in _mixing.MIXING_RULES:
             raise ValueError(f"--mixing={self.mixing}: choose one of {sorted(_mixing.MIXING_RULES)}.")
-        if self.time_varying and self.name not in RANDOM_TOPOLOGIES:
+        if self.time_varying and not spec.random:
+            random = ", ".join(name for name, s in GRAPHS.items() if s.random)
             raise ValueError(
                 f"--time_varying with --topology={self.name}: only random topologies "
-                f"({', '.join(RANDOM_TOPOLOGIES[:2])}) can be redrawn every round; pass "
-                "--notime_varying."
+                f"({random}) can be redrawn every round; pass --notime_varying."
             )
         if self.pool_size < 1:
             raise ValueError(f"--graph_pool={self.pool_size}: must be ≥ 1.")
@@ -79,33 +90,22 @@ class Topology:
         _mixing.check_row_stochastic(matrix)
         return "fixed", matrix
 
+    @property
+    def spec(self) -> GraphSpec:
+        """The registered graph constructor (`GRAPHS`)."""
+        return GRAPHS.get(self.name)
+
     def adjacency(self, draw: int = 0) -> np.ndarray:
         """The ``draw``-th graph of this topology (random graphs seeded by (seed, draw))."""
-        n, seed = self.clients, self.seed * 100_003 + draw
-        if self.name == "ring":
-            return _graphs.ring(n)
-        if self.name == "ring_shuffled":
-            order = np.random.default_rng(seed).permutation(n)
-            adj = _graphs.ring(n)
-            return adj[np.ix_(np.argsort(order), np.argsort(order))]
-        if self.name == "star":
-            return _graphs.star(n)
-        if self.name == "complete":
-            return _graphs.complete(n)
-        if self.name == "torus":
-            rows, cols = self.torus_shape or _graphs.default_torus_shape(n)
-            return _graphs.torus(rows, cols, n)
-        if self.name == "regular":
-            return _graphs.random_regular(n, self.degree, seed)
-        if self.name == "erdos_renyi":
-            return _graphs.erdos_renyi(n, self.edge_probability, seed)
-        if self.name == "exponential":
-            return _graphs.exponential(n)
-        _, matrix = self._custom_kind()
-        adj = matrix > 0
-        np.fill_diagonal(adj, False)
-        if not _graphs.is_connected(adj | adj.T):
-            raise ValueError(f"--topology_file={self.path}: the graph is not connected.")
+        n = self.clients
+        adj = np.asarray(self.spec.build(self, self.seed * 100_003 + draw))
+        if adj.shape != (n, n) or (adj.dtype != bool and not np.isin(adj, (0, 1)).all()):
+            raise ValueError(f"--topology={self.name}: the graph is a {adj.dtype} {adj.shape} "
+                             f"matrix; expected a 0/1 adjacency ({n}, {n}) for --clients={n}.")
+        adj = adj.astype(bool)
+        if (adj != adj.T).any() or adj.diagonal().any():
+            raise ValueError(f"--topology={self.name}: the adjacency must be symmetric with a zero "
+                             "diagonal.")
         return adj
 
     def mixing_matrices(self) -> list[np.ndarray]:
