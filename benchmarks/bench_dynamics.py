@@ -2,8 +2,8 @@
 
 Command (from the repo root):
 
-    python -m experiments.bench_dynamics              # widths 256 and 4096
-    python -m experiments.bench_dynamics --widths=256
+    python -m benchmarks.bench_dynamics              # widths 256 and 4096
+    python -m benchmarks.bench_dynamics --widths=256
 
 Expected wall time on the 2-core dev box: about 20 s. Target: the Q = 8, D = 200, width-256
 prediction (linearize + discrete + flow for DGD, ATC and CTA, 200 iterations) under 5 s; measured
@@ -15,7 +15,7 @@ For each width it times, in one process: ``linearize`` (Jacobians at θ_0, K = J
 and ATC/CTA one eigh after the similarity transform), and as the baseline the real training run
 (`dynamics.simulate`, cold) that the prediction replaces. It also reports the size of the
 weight-space state Q·P of seed eq. 12 and of the reduced state Q·r actually exponentiated.
-Writes experiments/results/bench_dynamics.json.
+Writes benchmarks/results/bench_dynamics.json.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from experiments.p2p_dynamics import moons, ntk_mlp
 from spark_tpu import dynamics, topology
 
 WIDTHS = flags.DEFINE_list("widths", ["256", "4096"], "Hidden widths to time.")
-OUT = flags.DEFINE_string("out", "experiments/results/bench_dynamics.json", "Output JSON.")
+OUT = flags.DEFINE_string("out", "benchmarks/results/bench_dynamics.json", "Output JSON.")
 
 Q, D, STEPS, ETA, REPEATS = 8, 200, 200, 1e-4, 3
 

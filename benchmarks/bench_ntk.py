@@ -2,8 +2,8 @@
 
 Command (from the repo root):
 
-    python -m experiments.bench_ntk                     # N = 1200, C = 10, 800 grid steps
-    python -m experiments.bench_ntk --small             # N = 300, 200 steps, seconds
+    python -m benchmarks.bench_ntk                     # N = 1200, C = 10, 800 grid steps
+    python -m benchmarks.bench_ntk --small             # N = 300, 200 steps, seconds
 
 Expected wall time on the 2-core dev box: about 2 min (full). It times, warm (compile excluded,
 best of --repeats):
@@ -19,7 +19,7 @@ best of --repeats):
   its time, per kind, at --materialized_n samples;
 - one whole `ntk_evolution_step` at N.
 
-Writes experiments/results/bench_ntk.json (or --out).
+Writes benchmarks/results/bench_ntk.json (or --out).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import _bench_flops
+from benchmarks import _flops
 from spark_tpu import models, ntk
 
 _SMALL = flags.DEFINE_bool("small", False, "N = 300, 200 grid steps.")
@@ -52,11 +52,11 @@ _PROJ_KS = flags.DEFINE_list(
 _MAT_N = flags.DEFINE_integer("materialized_n", 200, "Samples for the materialized kernel.")
 _SOLVERS = flags.DEFINE_list("solvers", ["euler", "bosh3", "rk4"], "Solvers to time.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (best is kept).")
-_OUT = flags.DEFINE_string("out", "experiments/results/bench_ntk.json", "Result file.")
+_OUT = flags.DEFINE_string("out", "benchmarks/results/bench_ntk.json", "Result file.")
 
 
 def _time(fn, *args) -> float:
-    return _bench_flops.best_time(fn, *args, reps=_REPEATS.value)
+    return _flops.best_time(fn, *args, reps=_REPEATS.value)
 
 
 def _problem(n: int, key):

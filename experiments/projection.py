@@ -150,9 +150,9 @@ def grid() -> None:
 
 
 def _timed(fn, *args) -> float:
-    from experiments import _bench_flops
+    from benchmarks import _flops
 
-    return _bench_flops.best_time(fn, *args, reps=FLAGS.repeats)
+    return _flops.best_time(fn, *args, reps=FLAGS.repeats)
 
 
 def bench() -> None:

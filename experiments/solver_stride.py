@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments import _bench_flops
+from benchmarks import _flops
 
 _SMALL = flags.DEFINE_bool("small", False, "N = 300, horizons up to 200.")
 _STRIDES = flags.DEFINE_list("strides", ["1", "2", "3", "4", "6", "8"], "Strides to compare.")
@@ -133,7 +133,7 @@ def main(argv) -> None:
                     k, f, jnp.float32, s, st, warmup=w
                 )
             )
-            best = _bench_flops.best_time(fn, p32[5], p32[3], reps=3)
+            best = _flops.best_time(fn, p32[5], p32[3], reps=3)
             rows.append({
                     "point": label, "solver": solver, "stride": stride, "stride_from": warmup,
                     "stiffness": lam * eta / len(y),
