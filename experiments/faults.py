@@ -21,8 +21,9 @@ accuracy is 0.26 / 0.25 / 0.25 / 0.23 for NTK-DFL, 0.34 / 0.34 / 0.32 / 0.31 for
 
 Faults (docs/topologies.md §4): a failed link carries nothing that round; a dropped client neither sends nor
 updates and its neighbours re-normalize their mixing weights over the live links; bytes are
-counted for live links only. Writes results/NAME.json (curves, summaries, wall times) and
-results/NAME.png (aggregated and mean local accuracy against round, one panel per algorithm).
+counted for live links only. Writes results/faults/NAME.json (curves, summaries, wall times) and
+results/faults/NAME.png (aggregated and mean local accuracy against round, one panel per
+algorithm).
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ flags.DEFINE_integer("devices", 8, "Emulated CPU devices (or accelerators) to sh
 flags.DEFINE_string("spark_stages", "", "SPARK stage schedule ('' = its default; --small: "
                     "SMALL_STAGES, so that the 4-round smoke leaves the warm-up stage).")
 flags.DEFINE_integer("seed", 0, "Seed.")
-flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(__file__), "results"), "Outputs.")
+flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(__file__), "results", "faults"),
+                    "Outputs.")
 flags.DEFINE_string("name", "faults", "Results name (--small appends _small).")
-flags.DEFINE_bool("resume", True, "Skip runs already in results/NAME.json.")
+flags.DEFINE_bool("resume", True, "Skip runs already in NAME.json.")
 FLAGS = flags.FLAGS
 
 SMALL = dict(
@@ -104,7 +106,7 @@ def configs() -> dict:
 
 
 def run_all(name: str) -> dict:
-    """Runs every config not yet in results/NAME.json, saving the JSON after each run."""
+    """Runs every config not yet in OUT_DIR/NAME.json, saving the JSON after each run."""
     from spark_tpu import simulator
 
     path = os.path.join(FLAGS.out_dir, name + ".json")

@@ -1,14 +1,14 @@
 """NTK-FL against FedAvg (docs/ntk_fl.md; arXiv 2110.03681): Fashion-MNIST, per-client Dirichlet label skew, the
 server sampling 7% of the clients every round, MLP 784-100-10.
 
-    # the reduced CPU setting, results/ntk_fl.{json,png,md} (8 emulated devices on 2 busy cores:
+    # the reduced CPU setting, results/ntk_fl/ntk_fl.{json,png,md} (8 emulated devices on 2 busy cores:
     # 14 min; NTK-FL 7.4 s/round, FedAvg 6 s/round since every slot runs its local epochs)
     python -m experiments.ntk_fl --clients=100 --samples=200 --ntk_rounds=20 --fedavg_rounds=100
     # the reference scale (300 clients of 200 samples; 21 sampled, Ñ = 4200), on an accelerator
     # (on this CPU expect roughly 9x the server step, ~50 s/round, and ~20 s/FedAvg round)
     python -m experiments.ntk_fl --clients=300 --ntk_rounds=30 --fedavg_rounds=200 --devices=0 \
         --target=0.85 --name=ntk_fl_300
-    # cost of the server step on one device vs replicated on all (results/ntk_fl_cost.{json,md})
+    # cost of the server step on one device vs replicated on all (results/ntk_fl/ntk_fl_cost.{json,md})
     python -m experiments.ntk_fl --cost --clients=100 --samples=200 --cost_rounds=2
 
 NTK-FL: constant η = 0.01, horizons {100, 200, …, 1000, 1500, 2000} (the simulator's defaults
@@ -41,6 +41,7 @@ flags.DEFINE_string("name", "ntk_fl", "Results name.")
 flags.DEFINE_bool("cost", False, "Measure the server step on one device vs on every device.")
 flags.DEFINE_integer("cost_rounds", 3, "Timed rounds per variant with --cost.")
 FLAGS = flags.FLAGS
+OUT_DIR = _grid.results_dir("ntk_fl")
 
 
 def base_config(devices: int):
@@ -110,7 +111,8 @@ def cost(devices: int) -> dict:
 
 
 def write_cost(result: dict) -> None:
-    path = os.path.join(_grid.RESULTS, FLAGS.name + "_cost")
+    path = os.path.join(OUT_DIR, FLAGS.name + "_cost")
+    os.makedirs(OUT_DIR, exist_ok=True)
     with open(path + ".json", "w") as f:
         json.dump(result, f, indent=1)
     s = result["setting"]
@@ -142,8 +144,8 @@ def main(_):
     if FLAGS.cost:
         write_cost(cost(devices))
         return
-    results = _grid.run_grid(FLAGS.name, configs(devices))
-    path = os.path.join(_grid.RESULTS, FLAGS.name)
+    results = _grid.run_grid(FLAGS.name, configs(devices), out_dir=OUT_DIR)
+    path = os.path.join(OUT_DIR, FLAGS.name)
     k = max(1, round(FLAGS.participation * FLAGS.clients))
     _grid.plot(results, path + ".png", f"Fashion-MNIST, {FLAGS.clients} clients, α={FLAGS.alpha}, "
                f"{k} sampled per round")

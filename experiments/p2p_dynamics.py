@@ -45,7 +45,7 @@ from spark_tpu import dynamics, topology
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("small", False, "D = 25 samples per agent instead of 200 (a seconds-long run).")
-flags.DEFINE_string("out_dir", "experiments/results", "Where the JSON and PNGs go.")
+flags.DEFINE_string("out_dir", "experiments/results/p2p_dynamics", "Where the JSON and PNGs go.")
 flags.DEFINE_string("fashion_dir", "/usr/share/datasets/fashion-mnist", "Fashion-MNIST IDX dir.")
 flags.DEFINE_string("mnist_dir", None, "An MNIST IDX dir; if given, the affine block uses MNIST.")
 flags.DEFINE_float("eta", 1e-4, "The seed's step size.")

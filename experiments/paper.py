@@ -6,7 +6,7 @@ horizons {100, 200, 400, 600, 800}.
     python -m experiments.paper --alphas=0.1 --seeds=0            # the headline (H100: ~9 min)
     python -m experiments.paper --alphas=0.5,iid --methods=ntk_dfl,spark,dfedavg
 
-Writes results/paper_<alpha>_s<seed>.json (curves and summaries), .png and .md (table).
+Writes results/paper/paper_<alpha>_s<seed>.json (curves and summaries), .png and .md (table).
 Every method is evaluated every ``--eval_every`` rounds (1 by default), so rounds-to-target are
 comparable across methods: evaluating one method every 5 rounds would report its rounds-to-target
 up to 4 rounds late.
@@ -43,6 +43,7 @@ flags.DEFINE_bool("small", False, "A seconds-long smoke version on CPU.")
 FLAGS = flags.FLAGS
 
 MOMENTUM_ONLY = "0: lam=0, mu=0.9"
+OUT_DIR = _grid.results_dir("paper")
 
 
 def method_config(method: str, base: dict):
@@ -94,9 +95,9 @@ def main(_):
             configs = {m: method_config(m, base) for m in FLAGS.methods}
             if FLAGS.small:
                 configs = {m: c.replace(rounds=3, eval_every=1) for m, c in configs.items()}
-            results = _grid.run_grid(name, configs)
+            results = _grid.run_grid(name, configs, out_dir=OUT_DIR)
             title = f"Fashion-MNIST, {FLAGS.clients} clients × {FLAGS.samples}, {FLAGS.topology}, α={alpha}, seed {seed}"
-            print(_grid.report(results, name, title, FLAGS.target))
+            print(_grid.report(results, name, title, FLAGS.target, out_dir=OUT_DIR))
 
 
 if __name__ == "__main__":

@@ -7,14 +7,14 @@
 The grid runs NTK-DFL, SPARK (default stages, no projection) and SPARK with ``--spark
 projection={gaussian,kronecker}``, ``projection_dim ∈ --ks`` and ``weight_step ∈ --modes`` on a
 reduced CPU setting (Fashion-MNIST, per-client Dirichlet α, a random 5-regular graph every
-round from a pool of 32), and writes results/projection.{json,png,md}: accuracy per round and against bytes, and per
+round from a pool of 32), and writes results/projection/projection.{json,png,md}: accuracy per round and against bytes, and per
 run the per-round payload per client and its reduction relative to NTK-DFL (docs/metrics.md §5 bytes).
 
 ``--bench`` measures, on the 784-100-10 MLP at its initialization with --bench_n pooled
 Fashion-MNIST samples, per kind and k: the time to draw the matrices and the time of drawing them,
 forming J·P and the kernel from it (warm, best of --repeats, compile excluded), the relative Frobenius error of that kernel against the exact trace
 kernel, and the relative error of the back-projected P (JP)ᵀ r against Jᵀ r (r a random residual),
-both as the mean over --bench_seeds projection seeds; writes results/projection_bench.json.
+both as the mean over --bench_seeds projection seeds; writes results/projection/projection_bench.json.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ flags.DEFINE_integer("bench_n", 360, "Pooled samples for --bench (6 clients x 60
 flags.DEFINE_integer("bench_seeds", 3, "Projection seeds averaged for the errors in --bench.")
 flags.DEFINE_integer("repeats", 3, "Timed repetitions in --bench (best is kept).")
 FLAGS = flags.FLAGS
-FINDINGS = "## Findings"  # a hand-written section of results/NAME.md, kept when tables are redone
+FINDINGS = "## Findings"  # a hand-written section of NAME.md, kept when tables are redone
+OUT_DIR = _grid.results_dir("projection")
 
 
 def variants() -> dict:
@@ -123,8 +124,8 @@ def bench_table(out: dict) -> str:
 
 def grid() -> None:
     name = FLAGS.name + ("_small" if FLAGS.small else "")
-    results = _grid.run_grid(name, configs())
-    path = os.path.join(_grid.RESULTS, name)
+    results = _grid.run_grid(name, configs(), out_dir=OUT_DIR)
+    path = os.path.join(OUT_DIR, name)
     _grid.plot(results, path + ".png", f"SPARK + projection, α={FLAGS.alpha}")
     cfg = next(iter(results.values()))["config"]
     text = (
@@ -135,7 +136,7 @@ def grid() -> None:
         "sent per client per round (mean over clients and rounds).\n\n"
         + payload_table(results) + "\n\n" + _grid.table(results, FLAGS.target)
     )
-    bench_path = os.path.join(_grid.RESULTS, FLAGS.name + "_bench.json")
+    bench_path = os.path.join(OUT_DIR, FLAGS.name + "_bench.json")
     if os.path.exists(bench_path):
         with open(bench_path) as f:
             text += "\n\n" + bench_table(json.load(f))
@@ -201,7 +202,8 @@ def bench() -> None:
             }
             print(key, out[key], flush=True)
     print(bench_table(out))
-    path = os.path.join(_grid.RESULTS, FLAGS.name + "_bench.json")
+    path = os.path.join(OUT_DIR, FLAGS.name + "_bench.json")
+    os.makedirs(OUT_DIR, exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
 

@@ -18,7 +18,7 @@ fixes the default ``--solver_stride``: for each (solver, stride) it reports
 The data are real: a pooled neighbourhood of 6 Fashion-MNIST clients (per-client Dirichlet
 α = 0.1, ~200 samples each) and the MLP 784-100-10 at its initialization and after 1 and 3 NTK
 steps (later rounds: sharper softmax, milder stiffness). Writes
-experiments/results/solver_stride.json and prints the table.
+experiments/results/solver_stride/solver_stride.json and prints the table.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ _SMALL = flags.DEFINE_bool("small", False, "N = 300, horizons up to 200.")
 _STRIDES = flags.DEFINE_list("strides", ["1", "2", "3", "4", "6", "8"], "Strides to compare.")
 _SOLVERS = flags.DEFINE_list("solvers", ["rk4", "euler"], "Solvers to compare.")
 _FROM = flags.DEFINE_list("stride_froms", ["32"], "Grid steps where strides begin, to compare.")
-_OUT = flags.DEFINE_string("out", "experiments/results/solver_stride.json", "Result file.")
+_OUT = flags.DEFINE_string("out", "experiments/results/solver_stride/solver_stride.json", "Result file.")
 _RKC = flags.DEFINE_list(
     "rkc", [], "Also offer Runge–Kutta–Chebyshev solvers rkcS with these stage counts S to "
     "--solvers (spark_tpu.ntk.rkc_tableau; rkc4 and rkc6 are built in).",
