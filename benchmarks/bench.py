@@ -26,7 +26,8 @@ cumulative, marked ``rss_isolated: false``). A ratio is
 always measured inside one process, its variants interleaved. Compile time is reported apart from
 seconds per round. The machine is shared and noisy: compare ratios, not absolute seconds.
 
-Writes results/bench_NAME.json (bench_NAME_small.json with --small) and a PNG beside it, and prints
+Writes benchmarks/results/bench_NAME.json (bench_NAME_small.json with --small; another folder with
+--output_dir) and a PNG beside it, and prints
 a table per benchmark.
 """
 
@@ -45,8 +46,8 @@ from absl import app, flags
 from benchmarks import _plots, _suites, _worker
 
 _SMALL = flags.DEFINE_bool("small", False, "Tiny settings (digits, few clients): seconds each.")
-_OUT_DIR = flags.DEFINE_string(
-    "out_dir", os.path.join(os.path.dirname(__file__), "results"), "Where JSON and PNG go."
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", os.path.join(os.path.dirname(__file__), "results"), "Where JSON and PNG go."
 )
 _ISOLATE = flags.DEFINE_bool(
     "isolate",
@@ -222,7 +223,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(_UNKNOWN.format(name=" ".join(names), choices=", ".join(choices)))
     todo = choices if names[0] == "all" else names
     outs = run_benchmarks(
-        todo, _SMALL.value, _OUT_DIR.value, _ISOLATE.value, _MEMORY_FRACTION.value
+        todo, _SMALL.value, _OUTPUT_DIR.value, _ISOLATE.value, _MEMORY_FRACTION.value
     )
     failed = [name for name, out in outs.items() if out["errors"] or not out["rows"]]
     if failed:

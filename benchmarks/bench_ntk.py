@@ -19,7 +19,8 @@ best of --repeats):
   its time, per kind, at --materialized_n samples;
 - one whole `ntk_evolution_step` at N.
 
-Writes benchmarks/results/bench_ntk.json (or --out).
+Writes benchmarks/results/bench_ntk.json (bench_ntk_small.json with --small; another folder with
+--output_dir).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ _PROJ_KS = flags.DEFINE_list(
 _MAT_N = flags.DEFINE_integer("materialized_n", 200, "Samples for the materialized kernel.")
 _SOLVERS = flags.DEFINE_list("solvers", ["euler", "bosh3", "rk4"], "Solvers to time.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (best is kept).")
-_OUT = flags.DEFINE_string("out", "benchmarks/results/bench_ntk.json", "Result file.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "benchmarks/results", "Where the result file goes.")
 
 
 def _time(fn, *args) -> float:
@@ -159,8 +160,9 @@ def main(argv):
     results["step_rk4_s"] = _time(step, model)
     for key, value in results.items():
         print(f"{key:45s} {value}")
-    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-    with open(_OUT.value, "w") as f:
+    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    name = "bench_ntk" + ("_small" if _SMALL.value else "") + ".json"
+    with open(os.path.join(_OUTPUT_DIR.value, name), "w") as f:
         json.dump(results, f, indent=1)
 
 

@@ -27,7 +27,7 @@ from experiments import _grid
 
 flags.DEFINE_list("alphas", ["0.05", "0.1", "0.3", "0.5", "iid"], "Heterogeneity levels.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-flags.DEFINE_float("target", 0.85, "Target accuracy (as in experiments.paper).")
+flags.DEFINE_float("target_accuracy", 0.85, "Target accuracy (as in experiments.paper).")
 flags.DEFINE_string("robustness_alpha", "0.1", "α of the ring and Erdős–Rényi robustness runs.")
 FLAGS = flags.FLAGS
 OUT_DIR = _grid.results_dir("paper")  # experiments.paper's runs, and this summary beside them
@@ -148,11 +148,11 @@ def claims(agg: dict, target: float) -> list[str]:
 
 
 def main(_):
-    rows = collect(FLAGS.alphas, FLAGS.seeds, FLAGS.target)
+    rows = collect(FLAGS.alphas, FLAGS.seeds, FLAGS.target_accuracy)
     agg = aggregate(rows)
     head = (
-        f"| α | method | seeds | evaluated every | reached {FLAGS.target:.0%} | "
-        f"rounds to {FLAGS.target:.0%} | GB to target | final agg. acc (%) |\n"
+        f"| α | method | seeds | evaluated every | reached {FLAGS.target_accuracy:.0%} | "
+        f"rounds to {FLAGS.target_accuracy:.0%} | GB to target | final agg. acc (%) |\n"
         "|---|---|---|---|---|---|---|---|"
     )
     body = [
@@ -169,14 +169,15 @@ def main(_):
     )
     robust_rows = [r for r in rows if r["alpha"] == FLAGS.robustness_alpha] + [
         r for t in TOPOLOGIES if t != "regular"
-        for r in collect([FLAGS.robustness_alpha], FLAGS.seeds, FLAGS.target, t)
+        for r in collect([FLAGS.robustness_alpha], FLAGS.seeds, FLAGS.target_accuracy, t)
     ]
     robust = aggregate(robust_rows, key=lambda r: r["topology"])
     text = "\n".join([
-        head, *body, note, "", *claims(agg, FLAGS.target), "",
+        head, *body, note, "", *claims(agg, FLAGS.target_accuracy), "",
         f"Robustness to the topology (α = {FLAGS.robustness_alpha}):", "",
         (
-            f"| topology | method | seeds | reached {FLAGS.target:.0%} | rounds to {FLAGS.target:.0%} | "
+            f"| topology | method | seeds | reached {FLAGS.target_accuracy:.0%} | "
+            f"rounds to {FLAGS.target_accuracy:.0%} | "
             "final agg. acc (%) | best agg. acc (%) |\n|---|---|---|---|---|---|---|"
         ),
         *[
@@ -193,11 +194,13 @@ def main(_):
     with open(base + ".json", "w") as f:
         strip = lambda rs: [{k: v for k, v in r.items() if k != "curve"} for r in rs]
         json.dump(
-            {"rows": strip(rows), "aggregate": agg, "target": FLAGS.target,
+            {"rows": strip(rows), "aggregate": agg, "target": FLAGS.target_accuracy,
              "robustness_rows": strip(robust_rows), "robustness": robust}, f, indent=1,
         )  # fmt: skip
-    _plot(agg, base + ".png", FLAGS.target)
-    _plot_topologies(robust_rows, os.path.join(OUT_DIR, "paper_robustness.png"), FLAGS.target)
+    _plot(agg, base + ".png", FLAGS.target_accuracy)
+    _plot_topologies(
+        robust_rows, os.path.join(OUT_DIR, "paper_robustness.png"), FLAGS.target_accuracy
+    )
 
 
 def _plot_topologies(rows: list[dict], path: str, target: float) -> None:

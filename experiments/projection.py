@@ -31,14 +31,14 @@ flags.DEFINE_bool("small", False, "Smoke-test size.")
 flags.DEFINE_bool("bench", False, "Run the Kronecker-vs-Gaussian benchmark instead of the grid.")
 flags.DEFINE_float("alpha", 0.1, "Dirichlet α.")
 flags.DEFINE_integer("clients", 40, "Clients.")
-flags.DEFINE_integer("samples", 60, "Samples per client.")
+flags.DEFINE_integer("samples_per_client", 60, "Samples per client.")
 flags.DEFINE_integer("rounds", 8, "Rounds.")
 flags.DEFINE_integer("devices", 8, "Emulated devices.")
 flags.DEFINE_list("ks", ["64", "256", "1024"], "Projection sizes k per layer.")
 flags.DEFINE_list("kinds", ["gaussian", "kronecker"], "Projection kinds.")
 flags.DEFINE_list("modes", ["exact", "backproject"], "Weight-step modes.")
 flags.DEFINE_list("skip", ["gaussian/1024/exact"], "kind/k/mode runs to leave out (cost).")
-flags.DEFINE_float("target", 0.7, "Target accuracy for the table.")
+flags.DEFINE_float("target_accuracy", 0.7, "Target accuracy for the table.")
 flags.DEFINE_string("name", "projection", "Results name.")
 flags.DEFINE_integer("bench_n", 360, "Pooled samples for --bench (6 clients x 60).")
 flags.DEFINE_integer("bench_seeds", 3, "Projection seeds averaged for the errors in --bench.")
@@ -65,8 +65,9 @@ def configs() -> dict:
 
     base = dict(
         dataset="fashion_mnist", partition="dirichlet", alpha=FLAGS.alpha, clients=FLAGS.clients,
-        samples_per_client=FLAGS.samples, rounds=FLAGS.rounds, degree=5, devices=FLAGS.devices,
-        local_eval_samples=1000, target_accuracy=FLAGS.target, graph_pool=32,
+        samples_per_client=FLAGS.samples_per_client, rounds=FLAGS.rounds, degree=5,
+        devices=FLAGS.devices,
+        local_eval_samples=1000, target_accuracy=FLAGS.target_accuracy, graph_pool=32,
     )
     if FLAGS.small:
         base.update(clients=16, samples_per_client=20, rounds=4, horizons=(10, 20), graph_pool=4)
@@ -134,7 +135,7 @@ def grid() -> None:
         f"{cfg['graph_pool']}), "
         f"{cfg['rounds']} rounds, MLP 784-100-10, SPARK default stages. Payload: docs/metrics.md §5 bytes "
         "sent per client per round (mean over clients and rounds).\n\n"
-        + payload_table(results) + "\n\n" + _grid.table(results, FLAGS.target)
+        + payload_table(results) + "\n\n" + _grid.table(results, FLAGS.target_accuracy)
     )
     bench_path = os.path.join(OUT_DIR, FLAGS.name + "_bench.json")
     if os.path.exists(bench_path):

@@ -18,7 +18,7 @@ from experiments import _grid
 flags.DEFINE_bool("small", False, "Smoke-test size.")
 flags.DEFINE_float("alpha", 0.05, "Dirichlet α (strong heterogeneity).")
 flags.DEFINE_integer("clients", 60, "Clients.")
-flags.DEFINE_integer("samples", 100, "Samples per client.")
+flags.DEFINE_integer("samples_per_client", 100, "Samples per client.")
 flags.DEFINE_integer("rounds", 15, "Rounds.")
 flags.DEFINE_integer("devices", 8, "Emulated devices.")
 flags.DEFINE_string("name", "spark_ablation", "Results name.")
@@ -43,7 +43,8 @@ def configs():
 
     base = dict(
         dataset="fashion_mnist", partition="dirichlet", alpha=FLAGS.alpha, clients=FLAGS.clients,
-        samples_per_client=FLAGS.samples, rounds=FLAGS.rounds, degree=5, devices=FLAGS.devices,
+        samples_per_client=FLAGS.samples_per_client, rounds=FLAGS.rounds, degree=5,
+        devices=FLAGS.devices,
         local_eval_samples=1000, target_accuracy=0.75, graph_pool=32,
     )
     if FLAGS.small:

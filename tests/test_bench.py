@@ -31,7 +31,7 @@ def small_results(tmp_path_factory):
     """Runs ``python -m benchmarks.bench all --small`` once (about a minute on 2 cores)."""
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench", "all", "--small", f"--out_dir={out}"],
+        [sys.executable, "-m", "benchmarks.bench", "all", "--small", f"--output_dir={out}"],
         cwd=REPO,
         capture_output=True,
         text=True,
