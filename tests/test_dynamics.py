@@ -7,7 +7,6 @@
 - real training of the width-256 NTK sigmoid network on two-moons.
 """
 
-import doctest
 import itertools
 
 import equinox as eqx
@@ -294,9 +293,3 @@ def test_plot_prediction_writes_png(tmp_path):
     path = tmp_path / "p.png"
     dynamics.plot_prediction(res, str(path), observed=res["loss_discrete"])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_docstring_examples_run():
-    from spark_tpu.dynamics import _predict
-
-    assert doctest.testmod(_predict, raise_on_error=False).failed == 0

@@ -37,6 +37,17 @@ def make_model(
 
     Raises:
         ValueError: for an unknown name.
+
+    Examples:
+        >>> import jax
+        >>> from spark_tpu.models import make_model
+        >>> model = make_model("mlp", (28, 28), 10, key=jax.random.key(0))
+        >>> model(jax.numpy.zeros((28, 28), jax.numpy.float32)).shape
+        (10,)
+        >>> make_model("resnet", (28, 28), 10, key=jax.random.key(0))
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown model 'resnet'; choose one of ['cnn', 'linear', 'mlp', 'ntk_mlp'].
     """
     if name not in _MODELS:
         raise ValueError(f"Unknown model {name!r}; choose one of {sorted(_MODELS)}.")
