@@ -28,4 +28,4 @@ test-fast: setup
 	$(PYTHON) -m pytest -n 2 --dist loadfile -q -m "not slow"
 
 bench: setup data
-	$(PYTHON) -m experiments.bench all --small
+	$(PYTHON) -m benchmarks.bench all --small

@@ -14,17 +14,22 @@ RESULTS = os.environ.get("SPARK_TPU_RESULTS", os.path.join(os.path.dirname(__fil
 RUNS = os.environ.get("SPARK_TPU_RUNS")  # where per-run folders go (default: beside the JSON)
 
 
+def results_dir(experiment: str) -> str:
+    """The experiment's own results folder, ``results/EXPERIMENT/`` (one folder per experiment;
+    its run folders go one level down, ``results/EXPERIMENT/NAME/LABEL/``, git-ignored)."""
+    return os.path.join(RESULTS, experiment)
+
+
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=float))
 
 
-def run_grid(name: str, configs: dict, *, out_dir: str | None = None, resume: bool = True) -> dict:
+def run_grid(name: str, configs: dict, *, out_dir: str, resume: bool = True) -> dict:
     """Runs every ``{label: Config}`` (skipping, when ``resume``, labels already in the results
     file with the same configuration: a changed default such as the solver re-runs them), saving
-    ``results/NAME.json`` after each one so nothing is lost."""
+    ``OUT_DIR/NAME.json`` after each one so nothing is lost."""
     from spark_tpu import simulator
 
-    out_dir = out_dir or RESULTS
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.json")
     results = {}
@@ -54,9 +59,9 @@ def run_grid(name: str, configs: dict, *, out_dir: str | None = None, resume: bo
     return results
 
 
-def report(results: dict, name: str, title: str, target: float) -> str:
-    """Draws ``results/NAME.png`` and writes ``results/NAME.md`` (the `table`), which it returns."""
-    path = os.path.join(RESULTS, name)
+def report(results: dict, name: str, title: str, target: float, *, out_dir: str) -> str:
+    """Draws ``OUT_DIR/NAME.png`` and writes ``OUT_DIR/NAME.md`` (the `table`), which it returns."""
+    path = os.path.join(out_dir, name)
     plot(results, path + ".png", title)
     text = table(results, target)
     with open(path + ".md", "w") as f:

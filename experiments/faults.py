@@ -21,8 +21,9 @@ accuracy is 0.26 / 0.25 / 0.25 / 0.23 for NTK-DFL, 0.34 / 0.34 / 0.32 / 0.31 for
 
 Faults (docs/topologies.md §4): a failed link carries nothing that round; a dropped client neither sends nor
 updates and its neighbours re-normalize their mixing weights over the live links; bytes are
-counted for live links only. Writes results/NAME.json (curves, summaries, wall times) and
-results/NAME.png (aggregated and mean local accuracy against round, one panel per algorithm).
+counted for live links only. Writes results/faults/NAME.json (curves, summaries, wall times) and
+results/faults/NAME.png (aggregated and mean local accuracy against round, one panel per
+algorithm).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ flags.DEFINE_list("link_failures", ["0", "0.1", "0.3"], "Per-round link failure 
 flags.DEFINE_list("client_dropouts", ["0.1"], "Per-round client dropout rates (no link failure).")
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset.")
 flags.DEFINE_integer("clients", 60, "Clients.")
-flags.DEFINE_integer("samples", 100, "Samples per client.")
+flags.DEFINE_integer("samples_per_client", 100, "Samples per client.")
 flags.DEFINE_integer("rounds", 15, "Rounds.")
 flags.DEFINE_float("alpha", 0.1, "Dirichlet α.")
 flags.DEFINE_integer("degree", 5, "Degree of the random regular graph.")
@@ -51,9 +52,10 @@ flags.DEFINE_integer("devices", 8, "Emulated CPU devices (or accelerators) to sh
 flags.DEFINE_string("spark_stages", "", "SPARK stage schedule ('' = its default; --small: "
                     "SMALL_STAGES, so that the 4-round smoke leaves the warm-up stage).")
 flags.DEFINE_integer("seed", 0, "Seed.")
-flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(__file__), "results"), "Outputs.")
+flags.DEFINE_string("output_dir", os.path.join(os.path.dirname(__file__), "results", "faults"),
+                    "Outputs.")
 flags.DEFINE_string("name", "faults", "Results name (--small appends _small).")
-flags.DEFINE_bool("resume", True, "Skip runs already in results/NAME.json.")
+flags.DEFINE_bool("resume", True, "Skip runs already in NAME.json.")
 FLAGS = flags.FLAGS
 
 SMALL = dict(
@@ -77,7 +79,7 @@ def fault_settings() -> dict[str, tuple[float, float]]:
 def base_config() -> dict:
     base = dict(
         dataset=FLAGS.dataset, partition="dirichlet", alpha=FLAGS.alpha, clients=FLAGS.clients,
-        samples_per_client=FLAGS.samples, rounds=FLAGS.rounds, topology="regular",
+        samples_per_client=FLAGS.samples_per_client, rounds=FLAGS.rounds, topology="regular",
         degree=FLAGS.degree, time_varying=True, graph_pool=FLAGS.graph_pool,
         horizons=tuple(int(h) for h in FLAGS.horizons), devices=FLAGS.devices, seed=FLAGS.seed,
         local_eval_samples=FLAGS.local_eval_samples, spark_stages=FLAGS.spark_stages,
@@ -104,20 +106,20 @@ def configs() -> dict:
 
 
 def run_all(name: str) -> dict:
-    """Runs every config not yet in results/NAME.json, saving the JSON after each run."""
+    """Runs every config not yet in OUT_DIR/NAME.json, saving the JSON after each run."""
     from spark_tpu import simulator
 
-    path = os.path.join(FLAGS.out_dir, name + ".json")
+    path = os.path.join(FLAGS.output_dir, name + ".json")
     results = {"runs": {}}
     if FLAGS.resume and os.path.exists(path):
         with open(path) as f:
             results = json.load(f)
-    os.makedirs(FLAGS.out_dir, exist_ok=True)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
     for (algo, label), cfg in configs().items():
         key = f"{algo} | {label}"
         if key in results["runs"]:
             continue
-        workdir = os.path.join(FLAGS.out_dir, name, f"{algo}_{label.replace(' ', '_')}")
+        workdir = os.path.join(FLAGS.output_dir, name, f"{algo}_{label.replace(' ', '_')}")
         t = time.perf_counter()
         summary = simulator.run(cfg, workdir, progress=True)
         rows = simulator.read_metrics(os.path.join(workdir, "metrics.csv"))
@@ -197,10 +199,10 @@ def main(argv):
     s = results["setting"]
     title = (f"Faults: {s['dataset']}, {s['clients']} clients × {s['samples_per_client']}, "
              f"α={s['alpha']}, {s['degree']}-regular")
-    plot(results, os.path.join(FLAGS.out_dir, name + ".png"), title)
+    plot(results, os.path.join(FLAGS.output_dir, name + ".png"), title)
     print(table(results))
     print(f"This invocation: {time.perf_counter() - t:.0f} s; all runs: "
-          f"{results['wall_seconds_total']:.0f} s. Outputs: {FLAGS.out_dir}/{name}.{{json,png}}")
+          f"{results['wall_seconds_total']:.0f} s. Outputs: {FLAGS.output_dir}/{name}.{{json,png}}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """NTK-FL against FedAvg (docs/ntk_fl.md; arXiv 2110.03681): Fashion-MNIST, per-client Dirichlet label skew, the
 server sampling 7% of the clients every round, MLP 784-100-10.
 
-    # the reduced CPU setting, results/ntk_fl.{json,png,md} (8 emulated devices on 2 busy cores:
+    # the reduced CPU setting, results/ntk_fl/ntk_fl.{json,png,md} (8 emulated devices on 2 busy cores:
     # 14 min; NTK-FL 7.4 s/round, FedAvg 6 s/round since every slot runs its local epochs)
-    python -m experiments.ntk_fl --clients=100 --samples=200 --ntk_rounds=20 --fedavg_rounds=100
+    python -m experiments.ntk_fl --clients=100 --samples_per_client=200 --rounds=20 \
+        --fedavg_rounds=100
     # the reference scale (300 clients of 200 samples; 21 sampled, Ñ = 4200), on an accelerator
     # (on this CPU expect roughly 9x the server step, ~50 s/round, and ~20 s/FedAvg round)
-    python -m experiments.ntk_fl --clients=300 --ntk_rounds=30 --fedavg_rounds=200 --devices=0 \
-        --target=0.85 --name=ntk_fl_300
-    # cost of the server step on one device vs replicated on all (results/ntk_fl_cost.{json,md})
-    python -m experiments.ntk_fl --cost --clients=100 --samples=200 --cost_rounds=2
+    python -m experiments.ntk_fl --clients=300 --rounds=30 --fedavg_rounds=200 --devices=0 \
+        --target_accuracy=0.85 --name=ntk_fl_300
+    # cost of the server step on one device vs replicated on all (results/ntk_fl/ntk_fl_cost.{json,md})
+    python -m experiments.ntk_fl --cost --clients=100 --samples_per_client=200 --cost_rounds=2
+    # a seconds-long smoke version (16 clients × 30 samples, 3 rounds each; writes NAME_small)
+    python -m experiments.ntk_fl --small
 
 NTK-FL: constant η = 0.01, horizons {100, 200, …, 1000, 1500, 2000} (the simulator's defaults
 for ntk_fl). FedAvg: lr 0.1, batch 25, 20 local epochs (docs/baselines.md §7 reference), the same participation
@@ -27,39 +30,58 @@ from absl import app, flags
 from experiments import _grid
 
 flags.DEFINE_integer("clients", 100, "Clients (300 in the reference).")
-flags.DEFINE_integer("samples", 200, "Samples per client.")
+flags.DEFINE_integer("samples_per_client", 200, "Samples per client.")
 flags.DEFINE_float("participation", 0.07, "Fraction of clients the server samples per round.")
 flags.DEFINE_float("alpha", 0.1, "Dirichlet α of the per-client label skew.")
-flags.DEFINE_integer("ntk_rounds", 20, "NTK-FL rounds.")
+flags.DEFINE_integer("rounds", 20, "NTK-FL rounds.")
 flags.DEFINE_integer("fedavg_rounds", 100, "FedAvg rounds.")
 flags.DEFINE_integer("fedavg_eval_every", 1, "FedAvg evaluation period (1, as NTK-FL's, so "
                      "rounds-to-target compare).")
 flags.DEFINE_integer("devices", 8, "Devices (0: all accelerators; on CPU, emulated).")
 flags.DEFINE_integer("seed", 0, "Seed.")
-flags.DEFINE_float("target", 0.75, "Target accuracy for rounds/bytes-to-target.")
+flags.DEFINE_float("target_accuracy", 0.75, "Target accuracy for rounds/bytes-to-target.")
 flags.DEFINE_string("name", "ntk_fl", "Results name.")
 flags.DEFINE_bool("cost", False, "Measure the server step on one device vs on every device.")
 flags.DEFINE_integer("cost_rounds", 3, "Timed rounds per variant with --cost.")
+flags.DEFINE_bool("small", False, "Smoke-test size: 16 clients × 30 samples, 3 rounds each.")
 FLAGS = flags.FLAGS
+OUT_DIR = _grid.results_dir("ntk_fl")
+
+
+SMALL = dict(clients=16, samples_per_client=30, rounds=3)  # --small; FedAvg's rounds too
+
+
+def _size() -> tuple[int, int]:
+    """(clients, samples per client) of this invocation (--small overrides the flags)."""
+    if FLAGS.small:
+        return SMALL["clients"], SMALL["samples_per_client"]
+    return FLAGS.clients, FLAGS.samples_per_client
+
+
+def _name() -> str:
+    return FLAGS.name + ("_small" if FLAGS.small else "")
 
 
 def base_config(devices: int):
     from spark_tpu import simulator
 
+    clients, samples = _size()
     return simulator.Config(
         algorithm="ntk_fl", dataset="fashion_mnist", partition="dirichlet", alpha=FLAGS.alpha,
-        clients=FLAGS.clients, samples_per_client=FLAGS.samples,
+        clients=clients, samples_per_client=samples,
         participation=FLAGS.participation, seed=FLAGS.seed, devices=devices,
-        local_eval_samples=1000, target_accuracy=FLAGS.target, eval_every=1,
+        local_eval_samples=1000, target_accuracy=FLAGS.target_accuracy, eval_every=1,
     )
 
 
 def configs(devices: int):
     base = base_config(devices)
+    rounds = SMALL["rounds"] if FLAGS.small else FLAGS.rounds
+    fedavg_rounds = SMALL["rounds"] if FLAGS.small else FLAGS.fedavg_rounds
     return {
-        "ntk_fl": base.replace(rounds=FLAGS.ntk_rounds),
+        "ntk_fl": base.replace(rounds=rounds),
         "fedavg": base.replace(
-            algorithm="fedavg", rounds=FLAGS.fedavg_rounds, eval_every=FLAGS.fedavg_eval_every
+            algorithm="fedavg", rounds=fedavg_rounds, eval_every=FLAGS.fedavg_eval_every
         ),
     }
 
@@ -110,7 +132,8 @@ def cost(devices: int) -> dict:
 
 
 def write_cost(result: dict) -> None:
-    path = os.path.join(_grid.RESULTS, FLAGS.name + "_cost")
+    path = os.path.join(OUT_DIR, _name() + "_cost")
+    os.makedirs(OUT_DIR, exist_ok=True)
     with open(path + ".json", "w") as f:
         json.dump(result, f, indent=1)
     s = result["setting"]
@@ -142,12 +165,13 @@ def main(_):
     if FLAGS.cost:
         write_cost(cost(devices))
         return
-    results = _grid.run_grid(FLAGS.name, configs(devices))
-    path = os.path.join(_grid.RESULTS, FLAGS.name)
-    k = max(1, round(FLAGS.participation * FLAGS.clients))
-    _grid.plot(results, path + ".png", f"Fashion-MNIST, {FLAGS.clients} clients, α={FLAGS.alpha}, "
+    results = _grid.run_grid(_name(), configs(devices), out_dir=OUT_DIR)
+    path = os.path.join(OUT_DIR, _name())
+    clients, _ = _size()
+    k = max(1, round(FLAGS.participation * clients))
+    _grid.plot(results, path + ".png", f"Fashion-MNIST, {clients} clients, α={FLAGS.alpha}, "
                f"{k} sampled per round")
-    text = "\n\n".join([describe(k, results), _grid.table(results, FLAGS.target)])
+    text = "\n\n".join([describe(k, results), _grid.table(results, FLAGS.target_accuracy)])
     with open(path + ".md", "w") as f:
         f.write(text + "\n")
     print(text)
@@ -155,8 +179,9 @@ def main(_):
 
 def describe(sampled: int, results: dict) -> str:
     """The setting and NTK-FL's chosen horizons (the histogram counts client-rounds: / Q)."""
+    clients, samples = _size()
     setting = (
-        f"Fashion-MNIST, {FLAGS.clients} clients × {FLAGS.samples} samples, per-client Dirichlet "
+        f"Fashion-MNIST, {clients} clients × {samples} samples, per-client Dirichlet "
         f"α = {FLAGS.alpha}, {sampled} clients sampled per round ({FLAGS.participation:.0%}), "
         f"MLP 784-100-10, seed {FLAGS.seed}. NTK-FL: η = 0.01 constant, horizons "
         "{100, …, 1000, 1500, 2000}. FedAvg: lr 0.1, batch 25, 20 local epochs."
@@ -164,7 +189,7 @@ def describe(sampled: int, results: dict) -> str:
     lines = [setting]
     if "ntk_fl" in results:
         hist = results["ntk_fl"]["summary"]["horizon_histogram"]
-        rounds = {t: round(c / FLAGS.clients) for t, c in hist.items()}
+        rounds = {t: round(c / clients) for t, c in hist.items()}
         lines.append(f"NTK-FL chosen τ* (rounds): {rounds}.")
     for label, res in results.items():
         reached = []

@@ -15,13 +15,13 @@ dotted), all with Metropolis–Hastings weights and one shared θ_0:
 
 - ``affine``: an affine model on MNIST 0 vs 1 — MNIST is not available offline here, so
   Fashion-MNIST classes 0 (T-shirt/top) vs 1 (Trouser) unless ``--mnist_dir`` is given; complete
-  graph (as in the seed), DGD/ATC/CTA; η = ``--eta`` (1e-4).
+  graph (as in the seed), DGD/ATC/CTA; η = ``--lr`` (1e-4).
 - ``moons_iid``: the width-256 NTK sigmoid network (s_w = 1, s_b = 0.1) on two-moons, i.i.d.
-  split, cycle/star/complete; η = ``--eta``. The loss moves only ~0.3% at η = 1e-4, so the
+  split, cycle/star/complete; η = ``--lr``. The loss moves only ~0.3% at η = 1e-4, so the
   relative error is also reported against the loss change.
-- ``moons_iid_large_eta``: the same at η = ``--large_eta`` (0.1), where the loss halves.
+- ``moons_iid_large_eta``: the same at η = ``--large_lr`` (0.1), where the loss halves.
 - ``moons_noniid``: a label-sorted split (agents 0–3 hold class 0, 4–7 class 1) at η =
-  ``--large_eta``: the topologies now visibly differ (the seed notes topology effects need
+  ``--large_lr``: the topologies now visibly differ (the seed notes topology effects need
   non-IID data or a larger η).
 
 Losses are the seed's local objective (1/(2D))‖f(X_q; θ_q) − y_q‖² (eq. 3/15), and the gradient
@@ -44,17 +44,32 @@ from absl import app, flags
 from spark_tpu import dynamics, topology
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("small", False, "D = 25 samples per agent instead of 200 (a seconds-long run).")
-flags.DEFINE_string("out_dir", "experiments/results", "Where the JSON and PNGs go.")
-flags.DEFINE_string("fashion_dir", "/usr/share/datasets/fashion-mnist", "Fashion-MNIST IDX dir.")
-flags.DEFINE_string("mnist_dir", None, "An MNIST IDX dir; if given, the affine block uses MNIST.")
-flags.DEFINE_float("eta", 1e-4, "The seed's step size.")
-flags.DEFINE_float("large_eta", 0.1, "Step size of the large-η and non-IID blocks.")
-flags.DEFINE_integer("steps", 200, "Iterations.")
-flags.DEFINE_integer("clients", 8, "Agents Q.")
-flags.DEFINE_integer("samples", 200, "Samples per agent D (25 with --small).")
-flags.DEFINE_integer("width", 256, "Hidden width of the NTK network.")
-flags.DEFINE_integer("seed", 0, "Seed for data and initialization.")
+
+
+def define_flags() -> None:
+    """The command line's flags, named as the launcher's ``--mode=predict`` names them (``--lr``
+    the step size η, ``--rounds`` the iterations). Defined only when run as a script, so that
+    `benchmarks.bench_dynamics` can import `moons` and `ntk_mlp` beside flags of its own."""
+    flags.DEFINE_bool(
+        "small", False, "D = 25 samples per agent instead of 200 (a seconds-long run)."
+    )
+    flags.DEFINE_string(
+        "output_dir", "experiments/results/p2p_dynamics", "Where the JSON and PNGs go."
+    )
+    flags.DEFINE_string(
+        "fashion_dir", "/usr/share/datasets/fashion-mnist", "Fashion-MNIST IDX dir."
+    )
+    flags.DEFINE_string(
+        "mnist_dir", None, "An MNIST IDX dir; if given, the affine block uses MNIST."
+    )
+    flags.DEFINE_float("lr", 1e-4, "The seed's step size η.")
+    flags.DEFINE_float("large_lr", 0.1, "Step size η of the large-η and non-IID blocks.")
+    flags.DEFINE_integer("rounds", 200, "Iterations.")
+    flags.DEFINE_integer("clients", 8, "Agents Q.")
+    flags.DEFINE_integer("samples_per_client", 200, "Samples per agent D (25 with --small).")
+    flags.DEFINE_integer("width", 256, "Hidden width of the NTK network.")
+    flags.DEFINE_integer("seed", 0, "Seed for data and initialization.")
+
 
 GRAPHS = ("ring", "star", "complete")
 ALGORITHMS = ("dgd", "atc", "cta")
@@ -187,10 +202,10 @@ def plot_block(block: Block, curves, path: str) -> None:
 def blocks(note: str) -> list[Block]:
     mlp = f"width-{FLAGS.width} NTK sigmoid MLP on two-moons"
     return [
-        Block("affine", "affine", ("complete",), FLAGS.eta, f"affine model, {note}"),
-        Block("moons_iid", "mlp", GRAPHS, FLAGS.eta, f"{mlp}, i.i.d."),
-        Block("moons_iid_large_eta", "mlp", GRAPHS, FLAGS.large_eta, f"{mlp}, i.i.d., larger η"),
-        Block("moons_noniid", "mlp", GRAPHS, FLAGS.large_eta, f"{mlp}, label-sorted, larger η"),
+        Block("affine", "affine", ("complete",), FLAGS.lr, f"affine model, {note}"),
+        Block("moons_iid", "mlp", GRAPHS, FLAGS.lr, f"{mlp}, i.i.d."),
+        Block("moons_iid_large_eta", "mlp", GRAPHS, FLAGS.large_lr, f"{mlp}, i.i.d., larger η"),
+        Block("moons_noniid", "mlp", GRAPHS, FLAGS.large_lr, f"{mlp}, label-sorted, larger η"),
     ]
 
 
@@ -205,16 +220,16 @@ def block_data(block: Block, q: int, d: int, images) -> tuple[Any, Any, np.ndarr
 
 def main(argv: list[str]) -> None:
     del argv
-    q, d = FLAGS.clients, (25 if FLAGS.small else FLAGS.samples)
+    q, d = FLAGS.clients, (25 if FLAGS.small else FLAGS.samples_per_client)
     images = binary_images(q, d, FLAGS.seed)
-    os.makedirs(FLAGS.out_dir, exist_ok=True)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
     config = {
         "clients": q,
         "samples": d,
-        "steps": FLAGS.steps,
+        "steps": FLAGS.rounds,
         "width": FLAGS.width,
-        "eta": FLAGS.eta,
-        "large_eta": FLAGS.large_eta,
+        "eta": FLAGS.lr,
+        "large_eta": FLAGS.large_lr,
         "loss_scale": "1/D",
         "mixing": "metropolis_hastings",
         "small": FLAGS.small,
@@ -225,13 +240,13 @@ def main(argv: list[str]) -> None:
     suffix = "_small" if FLAGS.small else ""
     for block in blocks(images[2]):
         f, params, x, y = block_data(block, q, d, images)
-        table, curves = run_block(block, f, params, x, y, FLAGS.steps)
+        table, curves = run_block(block, f, params, x, y, FLAGS.rounds)
         table.update(eta=block.eta, description=block.note)
         out["results"][block.name] = table
         plot_block(
-            block, curves, os.path.join(FLAGS.out_dir, f"p2p_dynamics{suffix}_{block.name}.png")
+            block, curves, os.path.join(FLAGS.output_dir, f"p2p_dynamics{suffix}_{block.name}.png")
         )
-    with open(os.path.join(FLAGS.out_dir, f"p2p_dynamics{suffix}.json"), "w") as fh:
+    with open(os.path.join(FLAGS.output_dir, f"p2p_dynamics{suffix}.json"), "w") as fh:
         json.dump(out, fh, indent=1)
     print(markdown_table(out["results"]))
 
@@ -253,4 +268,5 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     jax.config.update("jax_enable_x64", True)  # an entry point may set global config (docs/style.md §14)
+    define_flags()
     app.run(main)

@@ -6,7 +6,7 @@ horizons {100, 200, 400, 600, 800}.
     python -m experiments.paper --alphas=0.1 --seeds=0            # the headline (H100: ~9 min)
     python -m experiments.paper --alphas=0.5,iid --methods=ntk_dfl,spark,dfedavg
 
-Writes results/paper_<alpha>_s<seed>.json (curves and summaries), .png and .md (table).
+Writes results/paper/paper_<alpha>_s<seed>.json (curves and summaries), .png and .md (table).
 Every method is evaluated every ``--eval_every`` rounds (1 by default), so rounds-to-target are
 comparable across methods: evaluating one method every 5 rounds would report its rounds-to-target
 up to 4 rounds late.
@@ -26,15 +26,15 @@ flags.DEFINE_list("seeds", ["0"], "Seeds.")
 flags.DEFINE_list(
     "methods", ["dpsgd", "dfedavg", "dfedavgm", "ntk_dfl", "spark", "ntk_dfl+momentum"], "Methods."
 )
-flags.DEFINE_integer("ntk_rounds", 25, "Rounds for NTK-DFL, SPARK and NTK-DFL + momentum.")
+flags.DEFINE_integer("rounds", 25, "Rounds for NTK-DFL, SPARK and NTK-DFL + momentum.")
 flags.DEFINE_integer("grad_rounds", 150, "Rounds for DFedAvg(M).")
 flags.DEFINE_integer("dpsgd_rounds", 400, "Rounds for D-PSGD (one minibatch step each).")
 flags.DEFINE_integer("eval_every", 1, "Evaluation period of every method (rounds-to-target "
                      "is only as fine as this).")
 flags.DEFINE_integer("clients", 300, "Clients.")
-flags.DEFINE_integer("samples", 200, "Samples per client.")
+flags.DEFINE_integer("samples_per_client", 200, "Samples per client.")
 flags.DEFINE_integer("devices", 0, "Devices (0: all accelerators, else 8 emulated CPUs).")
-flags.DEFINE_float("target", 0.85, "Target accuracy for rounds/bytes-to-target.")
+flags.DEFINE_float("target_accuracy", 0.85, "Target accuracy for rounds/bytes-to-target.")
 flags.DEFINE_string("topology", "regular", "regular, ring or erdos_renyi.")
 flags.DEFINE_list("horizons", [], "NTK horizons (default: the reference 100,200,400,600,800).")
 flags.DEFINE_string("solver", "adaptive", "NTK function-space solver (adaptive, or fixed: rk4, rkc4, ...).")
@@ -43,12 +43,13 @@ flags.DEFINE_bool("small", False, "A seconds-long smoke version on CPU.")
 FLAGS = flags.FLAGS
 
 MOMENTUM_ONLY = "0: lam=0, mu=0.9"
+OUT_DIR = _grid.results_dir("paper")
 
 
 def method_config(method: str, base: dict):
     from spark_tpu import simulator
 
-    ntk = dict(rounds=FLAGS.ntk_rounds, eval_every=FLAGS.eval_every)
+    ntk = dict(rounds=FLAGS.rounds, eval_every=FLAGS.eval_every)
     grad = dict(rounds=FLAGS.grad_rounds, eval_every=FLAGS.eval_every)
     table = {
         "ntk_dfl": dict(algorithm="ntk_dfl", **ntk),
@@ -70,11 +71,12 @@ def main(_):
     for alpha in FLAGS.alphas:
         for seed in FLAGS.seeds:
             base = dict(
-                dataset="fashion_mnist", clients=FLAGS.clients, samples_per_client=FLAGS.samples, degree=5,
+                dataset="fashion_mnist", clients=FLAGS.clients,
+                samples_per_client=FLAGS.samples_per_client, degree=5,
                 topology=FLAGS.topology, time_varying=FLAGS.topology != "ring",
                 partition="iid" if alpha == "iid" else "dirichlet",
                 alpha=0.1 if alpha == "iid" else float(alpha), seed=int(seed), devices=devices,
-                local_eval_samples=2000, target_accuracy=FLAGS.target, graph_pool=64,
+                local_eval_samples=2000, target_accuracy=FLAGS.target_accuracy, graph_pool=64,
             )
             if FLAGS.horizons:
                 base["horizons"] = tuple(int(h) for h in FLAGS.horizons)
@@ -88,15 +90,16 @@ def main(_):
                 name += "_h" + "-".join(FLAGS.horizons)
             if FLAGS["solver"].present or FLAGS["solver_stride"].present:
                 name += f"_{FLAGS.solver}x{FLAGS.solver_stride}"
-            if (FLAGS.clients, FLAGS.samples) != (300, 200):
-                name += f"_q{FLAGS.clients}n{FLAGS.samples}"
+            if (FLAGS.clients, FLAGS.samples_per_client) != (300, 200):
+                name += f"_q{FLAGS.clients}n{FLAGS.samples_per_client}"
             name += "_small" if FLAGS.small else ""
             configs = {m: method_config(m, base) for m in FLAGS.methods}
             if FLAGS.small:
                 configs = {m: c.replace(rounds=3, eval_every=1) for m, c in configs.items()}
-            results = _grid.run_grid(name, configs)
-            title = f"Fashion-MNIST, {FLAGS.clients} clients × {FLAGS.samples}, {FLAGS.topology}, α={alpha}, seed {seed}"
-            print(_grid.report(results, name, title, FLAGS.target))
+            results = _grid.run_grid(name, configs, out_dir=OUT_DIR)
+            title = (f"Fashion-MNIST, {FLAGS.clients} clients × {FLAGS.samples_per_client}, "
+                     f"{FLAGS.topology}, α={alpha}, seed {seed}")
+            print(_grid.report(results, name, title, FLAGS.target_accuracy, out_dir=OUT_DIR))
 
 
 if __name__ == "__main__":

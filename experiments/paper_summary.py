@@ -3,13 +3,15 @@
     python -m experiments.paper --alphas=0.05,0.1,0.3,0.5,iid --seeds=0,1,2   # the runs (GPU)
     python -m experiments.paper_summary                                       # this summary
 
-Reads only ``results/paper_<alpha>_s<seed>.json`` (curves and summaries written by
+Reads only ``results/paper/paper_<alpha>_s<seed>.json`` (curves and summaries written by
 experiments.paper): a run without a result file is not in the tables, and each row says how many
 seeds it averages and how often its runs were evaluated (rounds-to-target is only as fine as the
 evaluation period: a run evaluated every 5 rounds reports up to 4 rounds late). Writes
-``results/paper_summary.{json,md}``, the per-α plots
-``results/paper_summary.png`` (rounds to target and final accuracy against α, mean ± std over
-seeds) and re-draws ``results/paper_<alpha>_s<seed>.{png,md}`` from the JSON curves.
+``results/paper/paper_summary.{json,md}``, the per-α plots
+``results/paper/paper_summary.png`` (rounds to target and final accuracy against α, mean ± std
+over seeds), ``results/paper/paper_robustness.png``, and re-draws
+``results/paper/paper_<alpha>_s<seed>.{png,md}`` from the JSON curves (the paper experiment's
+folder: this script only summarizes its runs).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from experiments import _grid
 
 flags.DEFINE_list("alphas", ["0.05", "0.1", "0.3", "0.5", "iid"], "Heterogeneity levels.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-flags.DEFINE_float("target", 0.85, "Target accuracy (as in experiments.paper).")
+flags.DEFINE_float("target_accuracy", 0.85, "Target accuracy (as in experiments.paper).")
 flags.DEFINE_string("robustness_alpha", "0.1", "α of the ring and Erdős–Rényi robustness runs.")
 FLAGS = flags.FLAGS
+OUT_DIR = _grid.results_dir("paper")  # experiments.paper's runs, and this summary beside them
 
 TOPOLOGIES = {  # result-name suffix: label (experiments.paper --topology, --horizons)
     "regular": "time-varying 5-regular", "ring": "fixed ring",
@@ -60,11 +63,11 @@ def collect(alphas, seeds, target, topology: str = "regular") -> list[dict]:
     for alpha in alphas:
         for seed in seeds:
             grid = f"paper_{alpha}_s{seed}" + ("" if topology == "regular" else f"_{topology}")
-            path = os.path.join(_grid.RESULTS, grid + ".json")
+            path = os.path.join(OUT_DIR, grid + ".json")
             results = json.load(open(path)) if os.path.exists(path) else {}
             if results:
                 title = f"Fashion-MNIST, 300 clients, {TOPOLOGIES[topology]}, α={alpha}, seed {seed}"
-                _grid.report(results, grid, title, target)
+                _grid.report(results, grid, title, target, out_dir=OUT_DIR)
             for method in METHODS:
                 if method not in results:
                     continue
@@ -145,11 +148,11 @@ def claims(agg: dict, target: float) -> list[str]:
 
 
 def main(_):
-    rows = collect(FLAGS.alphas, FLAGS.seeds, FLAGS.target)
+    rows = collect(FLAGS.alphas, FLAGS.seeds, FLAGS.target_accuracy)
     agg = aggregate(rows)
     head = (
-        f"| α | method | seeds | evaluated every | reached {FLAGS.target:.0%} | "
-        f"rounds to {FLAGS.target:.0%} | GB to target | final agg. acc (%) |\n"
+        f"| α | method | seeds | evaluated every | reached {FLAGS.target_accuracy:.0%} | "
+        f"rounds to {FLAGS.target_accuracy:.0%} | GB to target | final agg. acc (%) |\n"
         "|---|---|---|---|---|---|---|---|"
     )
     body = [
@@ -166,14 +169,15 @@ def main(_):
     )
     robust_rows = [r for r in rows if r["alpha"] == FLAGS.robustness_alpha] + [
         r for t in TOPOLOGIES if t != "regular"
-        for r in collect([FLAGS.robustness_alpha], FLAGS.seeds, FLAGS.target, t)
+        for r in collect([FLAGS.robustness_alpha], FLAGS.seeds, FLAGS.target_accuracy, t)
     ]
     robust = aggregate(robust_rows, key=lambda r: r["topology"])
     text = "\n".join([
-        head, *body, note, "", *claims(agg, FLAGS.target), "",
+        head, *body, note, "", *claims(agg, FLAGS.target_accuracy), "",
         f"Robustness to the topology (α = {FLAGS.robustness_alpha}):", "",
         (
-            f"| topology | method | seeds | reached {FLAGS.target:.0%} | rounds to {FLAGS.target:.0%} | "
+            f"| topology | method | seeds | reached {FLAGS.target_accuracy:.0%} | "
+            f"rounds to {FLAGS.target_accuracy:.0%} | "
             "final agg. acc (%) | best agg. acc (%) |\n|---|---|---|---|---|---|---|"
         ),
         *[
@@ -184,17 +188,19 @@ def main(_):
         ],
     ])  # fmt: skip
     print(text)
-    base = os.path.join(_grid.RESULTS, "paper_summary")
+    base = os.path.join(OUT_DIR, "paper_summary")
     with open(base + ".md", "w") as f:
         f.write(text + "\n")
     with open(base + ".json", "w") as f:
         strip = lambda rs: [{k: v for k, v in r.items() if k != "curve"} for r in rs]
         json.dump(
-            {"rows": strip(rows), "aggregate": agg, "target": FLAGS.target,
+            {"rows": strip(rows), "aggregate": agg, "target": FLAGS.target_accuracy,
              "robustness_rows": strip(robust_rows), "robustness": robust}, f, indent=1,
         )  # fmt: skip
-    _plot(agg, base + ".png", FLAGS.target)
-    _plot_topologies(robust_rows, os.path.join(_grid.RESULTS, "paper_robustness.png"), FLAGS.target)
+    _plot(agg, base + ".png", FLAGS.target_accuracy)
+    _plot_topologies(
+        robust_rows, os.path.join(OUT_DIR, "paper_robustness.png"), FLAGS.target_accuracy
+    )
 
 
 def _plot_topologies(rows: list[dict], path: str, target: float) -> None:

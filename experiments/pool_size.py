@@ -8,6 +8,8 @@ different sizes, and reports the final accuracy spread against the seed-to-seed 
 
     python -m experiments.pool_size --pools=2,512 --methods=dpsgd   # ~20 min, busy 2-core CPU
     python -m experiments.pool_size --small  # seconds
+
+Writes results/pool_size/pool_size.{json,md}.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ flags.DEFINE_list("seeds", ["0", "1"], "Seeds (the seed-to-seed spread is the ya
 flags.DEFINE_list("methods", ["dpsgd", "ntk_dfl"], "Methods (dpsgd, ntk_dfl).")
 flags.DEFINE_bool("small", False, "Smoke-test size.")
 FLAGS = flags.FLAGS
+OUT_DIR = _grid.results_dir("pool_size")
 
 
 def configs():
@@ -53,7 +56,7 @@ def configs():
 
 def main(_):
     name = "pool_size" + ("_small" if FLAGS.small else "")
-    results = _grid.run_grid(name, configs())
+    results = _grid.run_grid(name, configs(), out_dir=OUT_DIR)
     lines = ["| method | pool | final agg. acc per seed |", "|---|---|---|"]
     for method in sorted({k.split()[0] for k in results}):
         for pool in FLAGS.pools:
@@ -64,7 +67,7 @@ def main(_):
             ]
             lines.append(f"| {method} | {pool} | {', '.join(f'{a:.4f}' for a in accs)} |")
     text = "\n".join(lines)
-    with open(os.path.join(_grid.RESULTS, name + ".md"), "w") as f:
+    with open(os.path.join(OUT_DIR, name + ".md"), "w") as f:
         f.write(text + "\n")
     print(text)
 

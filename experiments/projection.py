@@ -7,14 +7,14 @@
 The grid runs NTK-DFL, SPARK (default stages, no projection) and SPARK with ``--spark
 projection={gaussian,kronecker}``, ``projection_dim ∈ --ks`` and ``weight_step ∈ --modes`` on a
 reduced CPU setting (Fashion-MNIST, per-client Dirichlet α, a random 5-regular graph every
-round from a pool of 32), and writes results/projection.{json,png,md}: accuracy per round and against bytes, and per
+round from a pool of 32), and writes results/projection/projection.{json,png,md}: accuracy per round and against bytes, and per
 run the per-round payload per client and its reduction relative to NTK-DFL (docs/metrics.md §5 bytes).
 
 ``--bench`` measures, on the 784-100-10 MLP at its initialization with --bench_n pooled
 Fashion-MNIST samples, per kind and k: the time to draw the matrices and the time of drawing them,
 forming J·P and the kernel from it (warm, best of --repeats, compile excluded), the relative Frobenius error of that kernel against the exact trace
 kernel, and the relative error of the back-projected P (JP)ᵀ r against Jᵀ r (r a random residual),
-both as the mean over --bench_seeds projection seeds; writes results/projection_bench.json.
+both as the mean over --bench_seeds projection seeds; writes results/projection/projection_bench.json.
 """
 
 from __future__ import annotations
@@ -31,20 +31,21 @@ flags.DEFINE_bool("small", False, "Smoke-test size.")
 flags.DEFINE_bool("bench", False, "Run the Kronecker-vs-Gaussian benchmark instead of the grid.")
 flags.DEFINE_float("alpha", 0.1, "Dirichlet α.")
 flags.DEFINE_integer("clients", 40, "Clients.")
-flags.DEFINE_integer("samples", 60, "Samples per client.")
+flags.DEFINE_integer("samples_per_client", 60, "Samples per client.")
 flags.DEFINE_integer("rounds", 8, "Rounds.")
 flags.DEFINE_integer("devices", 8, "Emulated devices.")
 flags.DEFINE_list("ks", ["64", "256", "1024"], "Projection sizes k per layer.")
 flags.DEFINE_list("kinds", ["gaussian", "kronecker"], "Projection kinds.")
 flags.DEFINE_list("modes", ["exact", "backproject"], "Weight-step modes.")
 flags.DEFINE_list("skip", ["gaussian/1024/exact"], "kind/k/mode runs to leave out (cost).")
-flags.DEFINE_float("target", 0.7, "Target accuracy for the table.")
+flags.DEFINE_float("target_accuracy", 0.7, "Target accuracy for the table.")
 flags.DEFINE_string("name", "projection", "Results name.")
 flags.DEFINE_integer("bench_n", 360, "Pooled samples for --bench (6 clients x 60).")
 flags.DEFINE_integer("bench_seeds", 3, "Projection seeds averaged for the errors in --bench.")
 flags.DEFINE_integer("repeats", 3, "Timed repetitions in --bench (best is kept).")
 FLAGS = flags.FLAGS
-FINDINGS = "## Findings"  # a hand-written section of results/NAME.md, kept when tables are redone
+FINDINGS = "## Findings"  # a hand-written section of NAME.md, kept when tables are redone
+OUT_DIR = _grid.results_dir("projection")
 
 
 def variants() -> dict:
@@ -64,8 +65,9 @@ def configs() -> dict:
 
     base = dict(
         dataset="fashion_mnist", partition="dirichlet", alpha=FLAGS.alpha, clients=FLAGS.clients,
-        samples_per_client=FLAGS.samples, rounds=FLAGS.rounds, degree=5, devices=FLAGS.devices,
-        local_eval_samples=1000, target_accuracy=FLAGS.target, graph_pool=32,
+        samples_per_client=FLAGS.samples_per_client, rounds=FLAGS.rounds, degree=5,
+        devices=FLAGS.devices,
+        local_eval_samples=1000, target_accuracy=FLAGS.target_accuracy, graph_pool=32,
     )
     if FLAGS.small:
         base.update(clients=16, samples_per_client=20, rounds=4, horizons=(10, 20), graph_pool=4)
@@ -123,8 +125,8 @@ def bench_table(out: dict) -> str:
 
 def grid() -> None:
     name = FLAGS.name + ("_small" if FLAGS.small else "")
-    results = _grid.run_grid(name, configs())
-    path = os.path.join(_grid.RESULTS, name)
+    results = _grid.run_grid(name, configs(), out_dir=OUT_DIR)
+    path = os.path.join(OUT_DIR, name)
     _grid.plot(results, path + ".png", f"SPARK + projection, α={FLAGS.alpha}")
     cfg = next(iter(results.values()))["config"]
     text = (
@@ -133,9 +135,9 @@ def grid() -> None:
         f"{cfg['graph_pool']}), "
         f"{cfg['rounds']} rounds, MLP 784-100-10, SPARK default stages. Payload: docs/metrics.md §5 bytes "
         "sent per client per round (mean over clients and rounds).\n\n"
-        + payload_table(results) + "\n\n" + _grid.table(results, FLAGS.target)
+        + payload_table(results) + "\n\n" + _grid.table(results, FLAGS.target_accuracy)
     )
-    bench_path = os.path.join(_grid.RESULTS, FLAGS.name + "_bench.json")
+    bench_path = os.path.join(OUT_DIR, FLAGS.name + "_bench.json")
     if os.path.exists(bench_path):
         with open(bench_path) as f:
             text += "\n\n" + bench_table(json.load(f))
@@ -150,9 +152,9 @@ def grid() -> None:
 
 
 def _timed(fn, *args) -> float:
-    from experiments import _bench_flops
+    from benchmarks import _flops
 
-    return _bench_flops.best_time(fn, *args, reps=FLAGS.repeats)
+    return _flops.best_time(fn, *args, reps=FLAGS.repeats)
 
 
 def bench() -> None:
@@ -201,7 +203,8 @@ def bench() -> None:
             }
             print(key, out[key], flush=True)
     print(bench_table(out))
-    path = os.path.join(_grid.RESULTS, FLAGS.name + "_bench.json")
+    path = os.path.join(OUT_DIR, FLAGS.name + "_bench.json")
+    os.makedirs(OUT_DIR, exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
 

@@ -1,8 +1,8 @@
 """The projection table's bytes, recounted by hand from the protocol for the runs of
-``results/projection.json`` (which recorded the bytes before the choice of τ* was counted, and
+``results/projection/projection.json`` (which recorded the bytes before the choice of τ* was counted, and
 before the Nesterov look-ahead's third model per edge was).
 
-    python -m experiments.projection_bytes     # seconds; writes results/projection_bytes.{json,md}
+    python -m experiments.projection_bytes     # seconds; writes results/projection/projection_bytes.{json,md}
 
 No training: the bytes of a run depend only on its setting. Every client has d = 5 live links per
 round (5-regular graph, no faults), |T| = 5 horizons, P = 79,510, C = 10, and n_q samples (the
@@ -33,6 +33,7 @@ from absl import app
 from experiments import _grid
 
 F, DEG = 4, 5
+OUT_DIR = _grid.results_dir("projection")  # beside the runs it recounts
 
 
 def per_round(cfg: dict, n: float, p: int, c: int, sizes: int | None, *, old: bool) -> list[float]:
@@ -66,7 +67,7 @@ def main(_):
     from spark_tpu import data, models
     from spark_tpu.ntk._projection import projection_sizes
 
-    runs = json.load(open(os.path.join(_grid.RESULTS, "projection.json")))
+    runs = json.load(open(os.path.join(OUT_DIR, "projection.json")))
     cfg0 = next(iter(runs.values()))["config"]
     ds = data.load_dataset(cfg0["dataset"])
     part = data.partition(
@@ -108,7 +109,7 @@ def main(_):
                      f"{100 * r['reduction']:.1f}% | {lin} | {r['final_acc']:.4f} |")
     text = "\n".join(lines)
     print(f"n̄ = {n:.3f} samples per client, P = {p}\n" + text)
-    path = os.path.join(_grid.RESULTS, "projection_bytes")
+    path = os.path.join(OUT_DIR, "projection_bytes")
     with open(path + ".json", "w") as f:
         json.dump(out, f, indent=1)
     with open(path + ".md", "w") as f:

@@ -8,7 +8,7 @@ clients × 100 samples, per-client Dirichlet α = 0.1, fixed ring, 20 rounds, ta
     python -m experiments.ring_stability            # ~15 min on the 2-core CPU
     python -m experiments.ring_stability --small    # a seconds-long smoke version
 
-Writes results/ring_stability.{json,png,md}.
+Writes results/ring_stability/ring_stability.{json,png,md}.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from experiments import _grid
 flags.DEFINE_bool("small", False, "Smoke-test size.")
 flags.DEFINE_float("alpha", 0.1, "Dirichlet α.")
 flags.DEFINE_integer("clients", 60, "Clients.")
-flags.DEFINE_integer("samples", 100, "Samples per client.")
+flags.DEFINE_integer("samples_per_client", 100, "Samples per client.")
 flags.DEFINE_integer("rounds", 20, "Rounds.")
 flags.DEFINE_integer("devices", 0, "Emulated CPU devices (0: one per core, at most 8).")
-flags.DEFINE_float("target", 0.8, "Target accuracy.")
+flags.DEFINE_float("target_accuracy", 0.8, "Target accuracy.")
 flags.DEFINE_string("name", "ring_stability", "Results name.")
 FLAGS = flags.FLAGS
+OUT_DIR = _grid.results_dir("ring_stability")
 
 WARMUP = "0: lam=0, mu=0; 3: "
 SHORT = (25, 50, 100, 200)  # shorter function-space horizons than the reference {100, …, 800}
@@ -52,9 +53,10 @@ def configs():
 
     base = dict(
         dataset="fashion_mnist", partition="dirichlet", alpha=FLAGS.alpha, clients=FLAGS.clients,
-        samples_per_client=FLAGS.samples, rounds=FLAGS.rounds, topology="ring", time_varying=False,
+        samples_per_client=FLAGS.samples_per_client, rounds=FLAGS.rounds, topology="ring",
+        time_varying=False,
         devices=FLAGS.devices or platform.default_cpu_devices(), local_eval_samples=2000,
-        target_accuracy=FLAGS.target,
+        target_accuracy=FLAGS.target_accuracy,
     )
     small = FLAGS.small
     if small:
@@ -72,9 +74,9 @@ def configs():
 
 def main(_):
     name = FLAGS.name + ("_small" if FLAGS.small else "")
-    results = _grid.run_grid(name, configs())
+    results = _grid.run_grid(name, configs(), out_dir=OUT_DIR)
     title = f"Fixed ring, {FLAGS.clients} clients, α={FLAGS.alpha}"
-    print(_grid.report(results, name, title, FLAGS.target))
+    print(_grid.report(results, name, title, FLAGS.target_accuracy, out_dir=OUT_DIR))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ fixes the default ``--solver_stride``: for each (solver, stride) it reports
 The data are real: a pooled neighbourhood of 6 Fashion-MNIST clients (per-client Dirichlet
 α = 0.1, ~200 samples each) and the MLP 784-100-10 at its initialization and after 1 and 3 NTK
 steps (later rounds: sharper softmax, milder stiffness). Writes
-experiments/results/solver_stride.json and prints the table.
+experiments/results/solver_stride/NAME.json (``--name``, default solver_stride; NAME_small.json
+with --small) and prints the table.
 """
 
 from __future__ import annotations
@@ -30,13 +31,16 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments import _bench_flops
+from benchmarks import _flops
 
 _SMALL = flags.DEFINE_bool("small", False, "N = 300, horizons up to 200.")
 _STRIDES = flags.DEFINE_list("strides", ["1", "2", "3", "4", "6", "8"], "Strides to compare.")
 _SOLVERS = flags.DEFINE_list("solvers", ["rk4", "euler"], "Solvers to compare.")
 _FROM = flags.DEFINE_list("stride_froms", ["32"], "Grid steps where strides begin, to compare.")
-_OUT = flags.DEFINE_string("out", "experiments/results/solver_stride.json", "Result file.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", "experiments/results/solver_stride", "Where the result file goes."
+)
+_NAME = flags.DEFINE_string("name", "solver_stride", "Result file name (--small appends _small).")
 _RKC = flags.DEFINE_list(
     "rkc", [], "Also offer Runge–Kutta–Chebyshev solvers rkcS with these stage counts S to "
     "--solvers (spark_tpu.ntk.rkc_tableau; rkc4 and rkc6 are built in).",
@@ -133,7 +137,7 @@ def main(argv) -> None:
                     k, f, jnp.float32, s, st, warmup=w
                 )
             )
-            best = _bench_flops.best_time(fn, p32[5], p32[3], reps=3)
+            best = _flops.best_time(fn, p32[5], p32[3], reps=3)
             rows.append({
                     "point": label, "solver": solver, "stride": stride, "stride_from": warmup,
                     "stiffness": lam * eta / len(y),
@@ -165,6 +169,7 @@ def main(argv) -> None:
         }
     out = {
         "command": "python -m experiments.solver_stride" + (" --small" if small else "")
+        + (f" --name={_NAME.value}" if _NAME.value != "solver_stride" else "")
         + "".join(f" --{k}={','.join(v)}" for k, v in (
             ("solvers", _SOLVERS.value), ("strides", _STRIDES.value), ("rkc", _RKC.value)) if v),
         "n": len(y), "horizons": horizons, "eta": eta, "rows": rows, "summary": summary,
@@ -178,8 +183,8 @@ def main(argv) -> None:
             f"{k:12s}  {v['max_rel_err_dw']:.2e}  {v['all_same_tau']!s:7s}  {v['products']:8d}  "
             f"{v['solver_s_float32']:.3f}"
         )
-    path = _OUT.value if not small else _OUT.value.replace(".json", "_small.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path = os.path.join(_OUTPUT_DIR.value, _NAME.value + ("_small" if small else "") + ".json")
+    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
     print("wrote", path)

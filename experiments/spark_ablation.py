@@ -6,7 +6,7 @@
 Runs NTK-DFL; NTK-DFL + momentum (μ = 0.9, no regularizer: the paper says this is unstable under
 strong heterogeneity); the regularizer alone (μ = 0); and full SPARK under several stage schedules,
 all on one reduced but real setting (Fashion-MNIST, per-client Dirichlet α, a random regular
-graph every round from a pool of 32), and writes results/spark_ablation.{json,png,md}.
+graph every round from a pool of 32), and writes results/spark_ablation/spark_ablation.{json,png,md}.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from experiments import _grid
 flags.DEFINE_bool("small", False, "Smoke-test size.")
 flags.DEFINE_float("alpha", 0.05, "Dirichlet α (strong heterogeneity).")
 flags.DEFINE_integer("clients", 60, "Clients.")
-flags.DEFINE_integer("samples", 100, "Samples per client.")
+flags.DEFINE_integer("samples_per_client", 100, "Samples per client.")
 flags.DEFINE_integer("rounds", 15, "Rounds.")
 flags.DEFINE_integer("devices", 8, "Emulated devices.")
 flags.DEFINE_string("name", "spark_ablation", "Results name.")
 FLAGS = flags.FLAGS
+OUT_DIR = _grid.results_dir("spark_ablation")
 
 VARIANTS = {
     "ntk_dfl": ("ntk_dfl", "", ()),
@@ -42,7 +43,8 @@ def configs():
 
     base = dict(
         dataset="fashion_mnist", partition="dirichlet", alpha=FLAGS.alpha, clients=FLAGS.clients,
-        samples_per_client=FLAGS.samples, rounds=FLAGS.rounds, degree=5, devices=FLAGS.devices,
+        samples_per_client=FLAGS.samples_per_client, rounds=FLAGS.rounds, degree=5,
+        devices=FLAGS.devices,
         local_eval_samples=1000, target_accuracy=0.75, graph_pool=32,
     )
     if FLAGS.small:
@@ -57,8 +59,8 @@ def configs():
 
 def main(_):
     name = FLAGS.name + ("_small" if FLAGS.small else "")
-    results = _grid.run_grid(name, configs())
-    print(_grid.report(results, name, f"SPARK ablation, α={FLAGS.alpha}", 0.75))
+    results = _grid.run_grid(name, configs(), out_dir=OUT_DIR)
+    print(_grid.report(results, name, f"SPARK ablation, α={FLAGS.alpha}", 0.75, out_dir=OUT_DIR))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def _jaxlib_knows(flag: str) -> bool:
 
 def default_cpu_devices() -> int:
     """One emulated device per core, at most 8: emulated devices share the cores, and more of them
-    than cores only adds contention (``python -m experiments.bench scaling``: an NTK-DFL round on 2
+    than cores only adds contention (``python -m benchmarks.bench scaling``: an NTK-DFL round on 2
     cores takes 0.71x the 1-device time with 2 devices and 1.05x with 8)."""
     return max(1, min(8, os.cpu_count() or 1))
 

@@ -1,4 +1,4 @@
-"""experiments/bench.py: ``all --small`` runs and writes well-formed results; the analytic counts
+"""benchmarks/bench.py: ``all --small`` runs and writes well-formed results; the analytic counts
 and the exponent fit are right. No timing thresholds: performance claims live in the JSON files."""
 
 import json
@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from experiments import _bench_flops, _bench_plots, _bench_suites
+from benchmarks import _flops, _plots, _suites
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAMES = list(_bench_suites.SUITES)
+NAMES = list(_suites.SUITES)
 SIM_KEYS = ("seconds_per_round", "compile_s", "peak_rss_mb", "rounds_per_s_per_device")
 SUMMARY_KEYS = {
     "baselines": ("dfedavg_over_dpsgd",),
@@ -28,10 +28,10 @@ SUMMARY_KEYS = {
 
 @pytest.fixture(scope="module")
 def small_results(tmp_path_factory):
-    """Runs ``python -m experiments.bench all --small`` once (about a minute on 2 cores)."""
+    """Runs ``python -m benchmarks.bench all --small`` once (about a minute on 2 cores)."""
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.bench", "all", "--small", f"--out_dir={out}"],
+        [sys.executable, "-m", "benchmarks.bench", "all", "--small", f"--output_dir={out}"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -64,7 +64,7 @@ def test_small_benchmark_writes_json_and_png(small_results, name):
     assert os.path.getsize(out / f"bench_{name}_small.png") > 1000
     assert f"== {name}:" in stdout
     assert res["benchmark"] == name and res["small"] is True and not res["errors"]
-    assert res["command"] == f"python -m experiments.bench {name} --small"
+    assert res["command"] == f"python -m benchmarks.bench {name} --small"
     assert res["rows"] and all(isinstance(r["label"], str) for r in res["rows"])
     for row in res["rows"]:
         assert all(math.isfinite(v) and v >= 0 for v in _numbers(row)), row
@@ -92,7 +92,7 @@ def test_small_benchmarks_check_their_baselines(small_results):
 
 def test_unknown_benchmark_is_a_usage_error():
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.bench", "nope"],
+        [sys.executable, "-m", "benchmarks.bench", "nope"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -105,30 +105,30 @@ def test_unknown_benchmark_is_a_usage_error():
 
 def test_fit_exponent_recovers_a_power_law():
     clients = [64, 128, 256, 512]
-    assert _bench_suites.fit_exponent(clients, [3e-4 * q**1.05 for q in clients]) == pytest.approx(
+    assert _suites.fit_exponent(clients, [3e-4 * q**1.05 for q in clients]) == pytest.approx(
         1.05
     )
 
 
 def test_solver_products_match_the_solver_schedule():
     # RK4: 8 warm-up grid steps of 4 substeps, then one substep per grid step; 4 stages each.
-    assert _bench_flops.solver_products((100, 200, 400, 600, 800)) == 4 * (8 * 4 + 792)
-    assert _bench_flops.solver_products((100,), "euler") == 100
-    assert _bench_flops.solver_products((4,)) == 4 * 4 * 4
+    assert _flops.solver_products((100, 200, 400, 600, 800)) == 4 * (8 * 4 + 792)
+    assert _flops.solver_products((100,), "euler") == 100
+    assert _flops.solver_products((4,)) == 4 * 4 * 4
 
 
 def test_kernel_flops_of_the_reference_mlp():
     n, widths = 1200, [784, 100, 10]
-    p = _bench_flops.num_params(widths)
+    p = _flops.num_params(widths)
     assert p == 79_510
     grams = 2 * n * n * (784 + 100 + 100)
     extra = 6 * n * n + 2 * n * p + 2 * n * 10**2 * 100
-    assert _bench_flops.kernel_flops(n, widths) == grams + extra
-    assert _bench_flops.materialized_kernel_flops(n, widths) > 100 * grams
+    assert _flops.kernel_flops(n, widths) == grams + extra
+    assert _flops.materialized_kernel_flops(n, widths) > 100 * grams
 
 
 def test_format_table_marks_missing_values():
-    table = _bench_plots.format_table(
+    table = _plots.format_table(
         [{"label": "a", "x": 1.5}, {"label": "b"}], (("name", "label", "s"), ("x", "x", ".2f"))
     )
     assert table.splitlines()[2:] == ["| a | 1.50 |", "| b | — |"]

@@ -23,25 +23,51 @@ from spark_tpu.ntk import (
 F64 = jnp.float64
 
 
-def _problem(n=10, c=3, d=6, seed=0):
+def _problem(n=10, c=3, d=6, seed=0, dtype=F64):
     rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.normal(size=(n, d)), F64)
-    y = jnp.asarray(np.eye(c)[rng.integers(0, c, n)], F64)
+    x = jnp.asarray(rng.normal(size=(n, d)), dtype)
+    y = jnp.asarray(np.eye(c)[rng.integers(0, c, n)], dtype)
     mask = jnp.arange(n) < n - 2
     return x, y, mask
 
 
-def test_step_picks_brute_force_argmin_and_explicit_delta():
-    x, y, mask = _problem()
-    model = MLP((6,), hidden=(8,), num_classes=3, key=jax.random.key(0), dtype=F64)
+def _float64(tree):
+    """The same values in float64 (an exact cast): a float64 truth for a float32 computation."""
+    return jax.tree.map(lambda a: a.astype(F64) if eqx.is_inexact_array(a) else a, tree)
+
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# Float32, the production dtype, against the float64 brute force on the same float32 values.
+# (dtype, weight-step rtol (norm-wise in float32), candidate-loss rtol, initial-loss rtol.) The
+# step chains the kernel, the flow (≤ 40 grid steps, non-expansive), Jᵀr and the loss; each adds
+# round-off of a few eps32 ≈ 1.2e-7 of its terms, and the kernel's condition number on the valid
+# rows (54) can amplify it: eps32 · 54 ≈ 7e-6, so 2e-5 on the step; the candidate losses (O(1),
+# evaluated after the step) 1e-5, the initial loss (no step) 1e-6. Measured: 2.6e-7 on the step,
+# 1.1e-6 and 4e-8 on the losses. τ* must be the same: the candidate losses differ by ≥ 4e-2.
+STEP_TOLS = [(np.float64, 1e-9, 1e-10, 1e-12), (np.float32, 2e-5, 1e-5, 1e-6)]
+
+
+@pytest.mark.parametrize("dtype, step_rtol, loss_rtol, initial_rtol", STEP_TOLS)
+def test_step_picks_brute_force_argmin_and_explicit_delta(
+    dtype, step_rtol, loss_rtol, initial_rtol
+):
+    x, y, mask = _problem(dtype=dtype)
+    model = MLP((6,), hidden=(8,), num_classes=3, key=jax.random.key(0), dtype=dtype)
     teacher = jax.vmap(model)(x) * 0.5
     objective = soft_label_regularized(y, teacher, mask, weight=0.3, temperature=2.0)
     eta, horizons = 2.0, (40, 0, 5, 15)
     new, info = jax.jit(
         lambda m: ntk_evolution_step(m, x, objective, mask, eta=eta, horizons=horizons)
     )(model)
+    assert info.losses.dtype == dtype
 
-    # Brute force from the materialized Jacobian.
+    # Brute force from the materialized Jacobian, in float64 on the same values.
+    model, x, y, teacher = _float64((model, x, y, teacher))
+    objective = soft_label_regularized(y, teacher, mask, weight=0.3, temperature=2.0)
     n_valid = int(mask.sum())
     f0 = jax.vmap(model)(x)
     sol = jax.jit(
@@ -60,23 +86,35 @@ def test_step_picks_brute_force_argmin_and_explicit_delta():
     best = int(np.argmin(losses))
     assert len(set(np.round(losses, 6))) == len(horizons)  # a real choice among distinct losses
     assert int(info.tau_index) == best and int(info.tau) == horizons[best]
-    np.testing.assert_allclose(info.losses, losses, rtol=1e-10)
+    np.testing.assert_allclose(info.losses, losses, rtol=loss_rtol)
     new_flat, _ = ravel_pytree(eqx.filter(new, eqx.is_array))
-    np.testing.assert_allclose(new_flat - flat0, deltas[best], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(info.initial_loss, objective.loss(f0), rtol=1e-12)
-    np.testing.assert_allclose(info.linearized_losses[1], info.initial_loss, rtol=1e-12)
+    if dtype == np.float64:
+        np.testing.assert_allclose(new_flat - flat0, deltas[best], rtol=1e-9, atol=1e-12)
+    else:  # a norm-wise bound: single entries of the step may cancel to near zero
+        assert _rel(np.asarray(new_flat, np.float64) - flat0, deltas[best]) <= step_rtol
+    np.testing.assert_allclose(info.initial_loss, objective.loss(f0), rtol=initial_rtol)
+    np.testing.assert_allclose(info.linearized_losses[1], info.initial_loss, rtol=initial_rtol)
 
 
-def test_euler_step_of_linear_model_is_gradient_descent():
+# Float32: 25 Euler steps against 25 float64 gradient-descent steps on the same values. Each step
+# rounds the weights at a few eps32 ≈ 1.2e-7 of the largest, and gradient descent is stable here
+# (η·L ≤ η·λ_max(K)/N · 1/2 = 0.8 < 2), so the errors add up at most linearly: 25 · a few eps32
+# ≲ 1e-5 of the largest weight (measured: 3.8e-7); entry-wise relative errors would not do, small
+# weights lose digits to cancellation (8.6e-6 measured). The loss: rtol 1e-6 (measured 1.2e-7).
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 1e-6)])
+def test_euler_step_of_linear_model_is_gradient_descent(dtype, rtol):
     # For an affine model the trace kernel is exact (Θ = K ⊗ I), so Euler's weight step for
     # horizon τ equals τ steps of real gradient descent on the mean cross-entropy.
-    x, y, mask = _problem(seed=1)
-    model = MLP((6,), hidden=(), num_classes=3, key=jax.random.key(1), dtype=F64)
+    x, y, mask = _problem(seed=1, dtype=dtype)
+    model = MLP((6,), hidden=(), num_classes=3, key=jax.random.key(1), dtype=dtype)
     objective = cross_entropy(y, mask)
     eta, tau = 0.7, 25
     new, info = ntk_evolution_step(
         model, x, objective, mask, eta=eta, horizons=(tau,), solver="euler"
     )
+    assert info.losses.dtype == dtype
+    model, x, y = _float64((model, x, y))  # the gradient descent below: float64
+    objective = cross_entropy(y, mask)
     loss = lambda m: objective.loss(jax.vmap(m)(x))
 
     @eqx.filter_jit
@@ -87,13 +125,14 @@ def test_euler_step_of_linear_model_is_gradient_descent():
         return jax.lax.fori_loop(0, tau, body, w)
 
     w = gradient_descent(model)
-    np.testing.assert_allclose(
-        ravel_pytree(eqx.filter(new, eqx.is_array))[0],
-        ravel_pytree(eqx.filter(w, eqx.is_array))[0],
-        rtol=1e-10,
-    )
-    np.testing.assert_allclose(info.losses[0], loss(w), rtol=1e-10)
-    np.testing.assert_allclose(info.linearized_losses[0], loss(w), rtol=1e-10)
+    got = np.asarray(ravel_pytree(eqx.filter(new, eqx.is_array))[0], np.float64)
+    want = np.asarray(ravel_pytree(eqx.filter(w, eqx.is_array))[0])
+    if dtype == np.float64:
+        np.testing.assert_allclose(got, want, rtol=rtol)
+    else:
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(info.losses[0], loss(w), rtol=rtol)
+    np.testing.assert_allclose(info.linearized_losses[0], loss(w), rtol=rtol)
 
 
 def test_step_vmaps_over_stacked_clients_with_traced_eta():

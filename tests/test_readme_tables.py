@@ -2,7 +2,9 @@
 
 For each Markdown table in the README's "Results" section, the text around it (from the previous
 table to this one, and the paragraph right after it) names its result files
-(``experiments/results/NAME.{json,md}``; braces expanded, placeholders such as ``<α>`` skipped).
+(``experiments/results/NAME.{json,md}`` or ``benchmarks/results/NAME.json``, paths from the repository
+root, or a bare ``NAME.json`` in ``experiments/results/``; braces expanded, placeholders such as
+``<α>`` skipped).
 Every number in a result cell (every column but the row labels) must be some number of those
 files, JSON values or numbers written in their Markdown, printed with the cell's precision: the
 same decimals (or significant digits in scientific notation), after scaling by 1 (as is), 100 (a
@@ -76,8 +78,7 @@ def named_files(context: str) -> list[str]:
         for name in _expand(token):
             if "<" in name or not name.endswith((".json", ".md")):
                 continue
-            path = os.path.join(REPO, name) if name.startswith("experiments/") else os.path.join(
-                RESULTS, os.path.basename(name))
+            path = os.path.join(REPO, name) if "/" in name else os.path.join(RESULTS, name)
             if os.path.exists(path) and path not in paths:
                 paths.append(path)
     return paths

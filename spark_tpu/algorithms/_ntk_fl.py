@@ -29,7 +29,7 @@ How the simulator runs it inside the sharded round (L client slots per device):
   w + Δw_τ* (plus τ* and the loss) exactly. Replicating the step on every device costs D times
   the work: on 8 emulated CPU devices sharing 2 (busy) cores, at 100 clients × 200 samples with 7
   sampled (Ñ = 1400) and horizons up to 2000, a round took 5.7 s this way and 77 s replicated, with
-  the same model (experiments/results/ntk_fl_cost.md; more than 8×, as eight Ñ×Ñ kernels then
+  the same model (experiments/results/ntk_fl/ntk_fl_cost.md; more than 8×, as eight Ñ×Ñ kernels then
   compete for the cache). ``replicate_server=True`` keeps the replicated variant for that
   measurement. Splitting the kernel's rows across devices would need a collective
   inside every solver stage (thousands per round) and was not pursued.

@@ -33,7 +33,7 @@ from ._ntk_dfl import (
 from ._spec import AlgorithmSpec, BuildContext, register
 from ._stages import Schedule, parse_stages
 
-# Chosen by experiments/spark_ablation.py (results/spark_ablation.md): a 3-round warm-up of plain
+# Chosen by experiments/spark_ablation.py (results/spark_ablation/): a 3-round warm-up of plain
 # NTK-DFL keeps the untrained initial model from acting as teacher (with λ > 0 from round 0 the
 # first round lost 12 points), then Nesterov μ = 0.9 with λ annealed 0.5 → 0.1 (cosine), T = 2.
 DEFAULT_STAGES = "0: lam=0, mu=0; 3: lam=0.5->0.1@cos, T=2, mu=0.9"

@@ -72,7 +72,23 @@ def _value(text, key, raw):
 
 
 def parse_stages(text: str, rounds: int) -> Schedule:
-    """Parses and validates a stage schedule for a run of ``rounds`` rounds."""
+    """Parses and validates a stage schedule for a run of ``rounds`` rounds.
+
+    Examples:
+      A 2-round warm-up of plain NTK-DFL, then λ annealed 0.5 → 0.1 (cosine) to the last round:
+
+      >>> s = parse_stages("0: lam=0, mu=0; 2: lam=0.5->0.1@cos, T=2, mu=0.9", rounds=6)
+      >>> s.starts.tolist(), s.ends.tolist()
+      ([0.0, 2.0], [2.0, 6.0])
+      >>> {k: round(float(v), 4) for k, v in s(0).items()}
+      {'lam': 0.0, 'T': 1.0, 'mu': 0.0}
+      >>> {k: round(float(v), 4) for k, v in s(4).items()}  # halfway: (0.5 + 0.1) / 2
+      {'lam': 0.3, 'T': 2.0, 'mu': 0.9}
+      >>> parse_stages("0: lam=2", rounds=5)
+      Traceback (most recent call last):
+      ...
+      ValueError: --spark_stages='0: lam=2': lam=2.0 is outside [0.0, 1.0]. Example: ...
+    """
     stages = [s.strip() for s in (text or "0: lam=0").split(";") if s.strip()]
     starts, rows = [], []
     current = dict(INITIAL)

@@ -47,6 +47,17 @@ def make_model(
     Raises:
         ValueError: for an unknown name.
         TypeError: the factory returned something other than an Equinox module.
+
+    Examples:
+        >>> import jax
+        >>> from spark_tpu.models import make_model
+        >>> model = make_model("mlp", (28, 28), 10, key=jax.random.key(0))
+        >>> model(jax.numpy.zeros((28, 28), jax.numpy.float32)).shape
+        (10,)
+        >>> make_model("resnet", (28, 28), 10, key=jax.random.key(0))
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown model 'resnet'; choose one of cnn, mlp, linear, ntk_mlp, or give an import path package.module:attribute.
     """
     label = name if isinstance(name, str) else getattr(name, "__qualname__", type(name).__name__)
     if isinstance(name, str):

@@ -69,7 +69,13 @@ def _from_networkx(graph: nx.Graph, n: int) -> Adjacency:
 
 
 def ring(n: int) -> Adjacency:
-    """Cycle graph: client q talks to q ± 1 (mod n)."""
+    """Cycle graph: client q talks to q ± 1 (mod n).
+
+    Examples:
+      >>> adj = ring(5)
+      >>> adj.dtype, adj.sum(axis=1).tolist(), np.flatnonzero(adj[0]).tolist()
+      (dtype('bool'), [2, 2, 2, 2, 2], [1, 4])
+    """
     _check_clients(n)
     adj = np.zeros((n, n), dtype=bool)
     idx = np.arange(n)
@@ -145,7 +151,17 @@ register(GraphSpec(
 
 
 def random_regular(n: int, degree: int, seed: int) -> Adjacency:
-    """Uniformly random connected ``degree``-regular graph (redrawn until connected)."""
+    """Uniformly random connected ``degree``-regular graph (redrawn until connected).
+
+    Examples:
+      >>> adj = random_regular(8, 3, seed=0)
+      >>> adj.sum(axis=1).tolist(), bool((adj == adj.T).all()), is_connected(adj)
+      ([3, 3, 3, 3, 3, 3, 3, 3], True, True)
+      >>> random_regular(7, 5, seed=0)
+      Traceback (most recent call last):
+      ...
+      ValueError: --degree=5 with --clients=7: n·d = 35 is odd, so no d-regular graph exists; ...
+    """
     _check_clients(n)
     if degree < 1 or degree >= n:
         raise ValueError(

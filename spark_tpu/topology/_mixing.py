@@ -103,7 +103,18 @@ def uniform_weights(adj: np.ndarray) -> np.ndarray:
 
 
 def metropolis_hastings(adj: np.ndarray) -> np.ndarray:
-    """W_qj = 1/(1 + max(deg_q, deg_j)) on edges, W_qq = 1 − Σ_j W_qj (symmetric, doubly stochastic)."""
+    """W_qj = 1/(1 + max(deg_q, deg_j)) on edges, W_qq = 1 − Σ_j W_qj (symmetric, doubly stochastic).
+
+    Examples:
+      On a star the hub (client 0, degree 3) gives each leaf 1/4 and keeps 1/4; a leaf keeps 3/4:
+
+      >>> from spark_tpu.topology import star
+      >>> w = metropolis_hastings(star(4))
+      >>> w[0].tolist(), w[1].tolist()
+      ([0.25, 0.25, 0.25, 0.25], [0.25, 0.75, 0.0, 0.0])
+      >>> np.allclose(w, w.T) and np.allclose(w.sum(axis=0), 1.0)
+      True
+    """
     return mixing_matrix(adj, "metropolis")
 
 
@@ -123,6 +134,18 @@ def check_row_stochastic(w: np.ndarray, flag: str = "--topology_file", atol: flo
 
 
 def spectral_gap(w: np.ndarray) -> float:
-    """1 − |λ_2(W)|, the gap between the largest and second-largest eigenvalue moduli."""
+    """1 − |λ_2(W)|, the gap between the largest and second-largest eigenvalue moduli.
+
+    Examples:
+      A 4-cycle with weight 1/3 on each closed-neighbourhood entry has eigenvalues
+      1/3 + 2/3·cos(2πk/4) = 1, 1/3, −1/3, 1/3, so the gap is 2/3; a complete graph mixes in
+      one step (gap 1):
+
+      >>> from spark_tpu.topology import complete, ring
+      >>> round(spectral_gap(uniform_weights(ring(4))), 6)
+      0.666667
+      >>> round(spectral_gap(uniform_weights(complete(5))), 6)
+      1.0
+    """
     moduli = np.sort(np.abs(np.linalg.eigvals(w)))[::-1]
     return float(1.0 - moduli[1]) if moduli.size > 1 else 1.0

@@ -1,4 +1,4 @@
-"""Analytic FLOP counts of the NTK round and reference matmul rates, for experiments/bench.py.
+"""Analytic FLOP counts of the NTK round and reference matmul rates, for benchmarks/bench.py.
 
 Counts are multiply–adds × 2 of the matrix products the code runs (elementwise work is listed
 where it is not negligible). For an MLP with layer widths ``d_0 (input), d_1, …, d_L = C`` and

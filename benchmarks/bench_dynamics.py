@@ -2,8 +2,9 @@
 
 Command (from the repo root):
 
-    python -m experiments.bench_dynamics              # widths 256 and 4096
-    python -m experiments.bench_dynamics --widths=256
+    python -m benchmarks.bench_dynamics              # widths 256 and 4096
+    python -m benchmarks.bench_dynamics --widths=256
+    python -m benchmarks.bench_dynamics --small       # width 256 only
 
 Expected wall time on the 2-core dev box: about 20 s. Target: the Q = 8, D = 200, width-256
 prediction (linearize + discrete + flow for DGD, ATC and CTA, 200 iterations) under 5 s; measured
@@ -15,7 +16,7 @@ For each width it times, in one process: ``linearize`` (Jacobians at θ_0, K = J
 and ATC/CTA one eigh after the similarity transform), and as the baseline the real training run
 (`dynamics.simulate`, cold) that the prediction replaces. It also reports the size of the
 weight-space state Q·P of seed eq. 12 and of the reduced state Q·r actually exponentiated.
-Writes experiments/results/bench_dynamics.json.
+Writes benchmarks/results/bench_dynamics.json (bench_dynamics_small.json with --small).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from experiments.p2p_dynamics import moons, ntk_mlp
 from spark_tpu import dynamics, topology
 
 WIDTHS = flags.DEFINE_list("widths", ["256", "4096"], "Hidden widths to time.")
-OUT = flags.DEFINE_string("out", "experiments/results/bench_dynamics.json", "Output JSON.")
+SMALL = flags.DEFINE_bool("small", False, "Width 256 only (overrides --widths).")
+OUTPUT_DIR = flags.DEFINE_string("output_dir", "benchmarks/results", "Where the JSON goes.")
 
 Q, D, STEPS, ETA, REPEATS = 8, 200, 200, 1e-4, 3
 
@@ -97,7 +99,8 @@ def main(argv: list[str]) -> None:
         },
         "widths": {},
     }
-    for width in (int(v) for v in WIDTHS.value):
+    widths = ["256"] if SMALL.value else WIDTHS.value
+    for width in (int(v) for v in widths):
         row = bench_width(width)
         results["widths"][str(width)] = row
         print(
@@ -106,8 +109,9 @@ def main(argv: list[str]) -> None:
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
             )
         )
-    os.makedirs(os.path.dirname(OUT.value), exist_ok=True)
-    with open(OUT.value, "w") as fh:
+    os.makedirs(OUTPUT_DIR.value, exist_ok=True)
+    name = "bench_dynamics" + ("_small" if SMALL.value else "") + ".json"
+    with open(os.path.join(OUTPUT_DIR.value, name), "w") as fh:
         json.dump(results, fh, indent=1)
 
 

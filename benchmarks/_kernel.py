@@ -1,10 +1,10 @@
-"""The structured trace kernel against the materialized-Jacobian kernel, for experiments/bench.py.
+"""The structured trace kernel against the materialized-Jacobian kernel, for benchmarks/bench.py.
 
-The problem of experiments/bench_ntk.py (the 784-100-10 MLP on Gaussian inputs; `_problem` below
+The problem of benchmarks/bench_ntk.py (the 784-100-10 MLP on Gaussian inputs; `_problem` below
 is its ``_problem``, copied because importing bench_ntk defines absl flags that clash with
 bench.py's), over several N in one process, the two kernels' calls interleaved. Each row has the best-of-reps
 seconds, compile seconds, XLA's per-program memory estimate (the materialized one holds the
-N × C × P Jacobian), the analytic FLOPs and rates (`_bench_flops`), and the relative difference
+N × C × P Jacobian), the analytic FLOPs and rates (`_flops`), and the relative difference
 between the two kernels (they must agree).
 """
 
@@ -15,8 +15,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from experiments import _bench_flops
-from experiments._bench_sim import xla_mb
+from benchmarks import _flops
+from benchmarks._sim import xla_mb
 from spark_tpu import models, ntk
 
 
@@ -64,8 +64,8 @@ def kernels(
     rows = []
     for n in sizes:
         model, x, _ = _problem(n, jax.random.key(0))
-        widths = _bench_flops.mlp_widths(model)
-        p = _bench_flops.num_params(widths)
+        widths = _flops.mlp_widths(model)
+        p = _flops.num_params(widths)
         fns, compile_s, memory = {}, {}, {}
         fns["structured"], compile_s["structured"] = _compile(ntk.trace_kernel, model, x)
         if n <= materialized_max:
@@ -75,8 +75,8 @@ def kernels(
         memory = {name: xla_mb(fn) for name, fn in fns.items()}
         best = _best_interleaved(fns, (model, x), reps)
         flops = {
-            "structured": _bench_flops.kernel_flops(n, widths),
-            "materialized": _bench_flops.materialized_kernel_flops(n, widths),
+            "structured": _flops.kernel_flops(n, widths),
+            "materialized": _flops.materialized_kernel_flops(n, widths),
         }
         row = {
             "label": f"N={n}",

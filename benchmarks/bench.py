@@ -2,11 +2,11 @@
 
 Commands (from the repo root):
 
-    python -m experiments.bench all --small     # every benchmark in seconds (CI runs this)
-    python -m experiments.bench baselines       # one benchmark, full size
-    python -m experiments.bench all             # everything, full size (about 1 h on the 2-core box)
+    python -m benchmarks.bench all --small     # every benchmark in seconds (CI runs this)
+    python -m benchmarks.bench baselines       # one benchmark, full size
+    python -m benchmarks.bench all             # everything, full size (about 1 h on the 2-core box)
 
-Benchmarks (settings in experiments/_bench_suites.py):
+Benchmarks (settings in benchmarks/_suites.py):
 
 - ``baselines``: DFedAvg and D-PSGD seconds per round, 300 clients, 5-regular, Fashion-MNIST.
 - ``ntk_round``: NTK-DFL at the reference code's shipped setting (30 clients, 2-regular,
@@ -19,14 +19,15 @@ Benchmarks (settings in experiments/_bench_suites.py):
 - ``spark_overhead``: a SPARK round vs an NTK-DFL round.
 - ``degree_buckets``: NTK-DFL on Erdős–Rényi, pooled data padded to the largest degree vs two widths.
 
-Every measured configuration runs in a fresh ``experiments._bench_worker`` process, so its peak
+Every measured configuration runs in a fresh ``benchmarks._worker`` process, so its peak
 resident memory (``ru_maxrss``) is its own; with ``--small`` all configurations share one process
 compiled with most XLA optimizations off (startup and compilation dominate there; the peak is then
 cumulative, marked ``rss_isolated: false``). A ratio is
 always measured inside one process, its variants interleaved. Compile time is reported apart from
 seconds per round. The machine is shared and noisy: compare ratios, not absolute seconds.
 
-Writes results/bench_NAME.json (bench_NAME_small.json with --small) and a PNG beside it, and prints
+Writes benchmarks/results/bench_NAME.json (bench_NAME_small.json with --small; another folder with
+--output_dir) and a PNG beside it, and prints
 a table per benchmark.
 """
 
@@ -42,11 +43,11 @@ from importlib import metadata
 
 from absl import app, flags
 
-from experiments import _bench_plots, _bench_suites, _bench_worker
+from benchmarks import _plots, _suites, _worker
 
 _SMALL = flags.DEFINE_bool("small", False, "Tiny settings (digits, few clients): seconds each.")
-_OUT_DIR = flags.DEFINE_string(
-    "out_dir", os.path.join(os.path.dirname(__file__), "results"), "Where JSON and PNG go."
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", os.path.join(os.path.dirname(__file__), "results"), "Where JSON and PNG go."
 )
 _ISOLATE = flags.DEFINE_bool(
     "isolate",
@@ -82,7 +83,7 @@ def _machine() -> dict:
 def _launch(tasks: list[dict], timeout_s: int, fast_compile: bool = False) -> dict[str, dict]:
     """Runs ``tasks`` in one worker process: results by task id; a task without a result line
     gets an error entry (crash, out of memory, timeout)."""
-    cmd = [sys.executable, "-m", "experiments._bench_worker", json.dumps(tasks)]
+    cmd = [sys.executable, "-m", "benchmarks._worker", json.dumps(tasks)]
     cmd += ["--fast_compile"] if fast_compile else []
     try:
         proc = subprocess.run(
@@ -94,8 +95,8 @@ def _launch(tasks: list[dict], timeout_s: int, fast_compile: bool = False) -> di
         rc = f"timeout after {timeout_s} s"
     results = {}
     for line in stdout.splitlines():
-        if line.startswith(_bench_worker.PREFIX):
-            result = json.loads(line[len(_bench_worker.PREFIX) :])
+        if line.startswith(_worker.PREFIX):
+            result = json.loads(line[len(_worker.PREFIX) :])
             results[result["id"]] = result
     for task in tasks:
         if task["id"] not in results:
@@ -145,7 +146,7 @@ def finish(
         "benchmark": name,
         "title": suite.title,
         "small": small,
-        "command": f"python -m experiments.bench {name}{flags_used}",
+        "command": f"python -m benchmarks.bench {name}{flags_used}",
         "memory_fraction": memory_fraction,
         "note": NOISE_NOTE,
         "memory": "peak_rss_mb is ru_maxrss of the measuring process; "
@@ -164,9 +165,9 @@ def finish(
     with open(stem + ".json", "w") as f:
         json.dump(out, f, indent=1, default=float)
     if rows:
-        _bench_plots.plot(name, rows, out["summary"], suite.title, stem + ".png")
+        _plots.plot(name, rows, out["summary"], suite.title, stem + ".png")
     print(f"== {name}: {suite.title}")
-    print(_bench_plots.format_table(rows, suite.columns))
+    print(_plots.format_table(rows, suite.columns))
     for row in rows:
         if "skipped" in row:
             print(f"  {row['label']}: {row['skipped']}")
@@ -186,7 +187,7 @@ def run_benchmarks(
     """Runs benchmarks by name; with ``isolate`` off (the ``--small`` default) all their
     configurations share one worker process. Returns {name: JSON object}."""
     isolate = (not small) if isolate is None else isolate
-    suites = {name: _bench_suites.SUITES[name](small) for name in names}
+    suites = {name: _suites.SUITES[name](small) for name in names}
     outs = {}
     if not isolate:
         load, t = os.getloadavg(), time.perf_counter()
@@ -217,12 +218,12 @@ def run_benchmarks(
 
 def main(argv: list[str]) -> None:
     names = argv[1:]
-    choices = list(_bench_suites.SUITES)
+    choices = list(_suites.SUITES)
     if len(names) != 1 or (names[0] != "all" and names[0] not in choices):
         raise app.UsageError(_UNKNOWN.format(name=" ".join(names), choices=", ".join(choices)))
     todo = choices if names[0] == "all" else names
     outs = run_benchmarks(
-        todo, _SMALL.value, _OUT_DIR.value, _ISOLATE.value, _MEMORY_FRACTION.value
+        todo, _SMALL.value, _OUTPUT_DIR.value, _ISOLATE.value, _MEMORY_FRACTION.value
     )
     failed = [name for name, out in outs.items() if out["errors"] or not out["rows"]]
     if failed:

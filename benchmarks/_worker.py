@@ -1,6 +1,6 @@
-"""The measuring side of experiments/bench.py: a fresh process that runs benchmark tasks.
+"""The measuring side of benchmarks/bench.py: a fresh process that runs benchmark tasks.
 
-    python -m experiments._bench_worker '<JSON list of tasks>' [--fast_compile]
+    python -m benchmarks._worker '<JSON list of tasks>' [--fast_compile]
 
 A task is ``{"kind": KIND, "label": ..., "devices": D, **arguments}`` (and optionally an "id" that
 its result echoes) with KIND a key of `_kinds()`. ``--fast_compile`` sets
@@ -28,14 +28,14 @@ def peak_rss_mb() -> float:
 
 
 def _kinds():
-    from experiments import _bench_gossip, _bench_kernel, _bench_sim
+    from benchmarks import _gossip, _kernel, _sim
 
     return {
-        "sim": _bench_sim.sim,
-        "pair": _bench_sim.pair,
-        "fusion": _bench_sim.fusion,
-        "kernel": _bench_kernel.kernels,
-        "gossip": _bench_gossip.gossip_mixing,
+        "sim": _sim.sim,
+        "pair": _sim.pair,
+        "fusion": _sim.fusion,
+        "kernel": _kernel.kernels,
+        "gossip": _gossip.gossip_mixing,
     }
 
 

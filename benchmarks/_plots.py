@@ -1,4 +1,4 @@
-"""The tables and the PNG (one per benchmark) of experiments/bench.py (matplotlib, Agg)."""
+"""The tables and the PNG (one per benchmark) of benchmarks/bench.py (matplotlib, Agg)."""
 
 from __future__ import annotations
 

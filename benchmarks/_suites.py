@@ -1,4 +1,4 @@
-"""What each benchmark of experiments/bench.py measures: its tasks, full and ``--small``, and the
+"""What each benchmark of benchmarks/bench.py measures: its tasks, full and ``--small``, and the
 ratios and fits computed from their rows.
 
 Full settings follow docs/ntk_dfl.md §4 (Fashion-MNIST, Dirichlet α = 0.1, 200 samples per client, MLP
@@ -42,7 +42,7 @@ SIM_COLUMNS = (
 
 @dataclasses.dataclass(frozen=True)
 class Suite:
-    """A benchmark: tasks for `_bench_worker`, a summary of their rows, and its table columns."""
+    """A benchmark: tasks for `_worker`, a summary of their rows, and its table columns."""
 
     title: str
     tasks: list[dict]
@@ -391,7 +391,7 @@ def _pair_suite(
     title: str, configs: dict, num: str, den: str, *, devices: int, rounds: int, **extra
 ) -> Suite:
     first, second = configs  # the task's label names them in the order they are interleaved
-    """Two configurations with their rounds interleaved in one process (`_bench_sim.pair`),
+    """Two configurations with their rounds interleaved in one process (`_sim.pair`),
     summarized as ``num_over_den`` (ratio of medians) and the per-round paired ratios."""
     tasks = [
         {

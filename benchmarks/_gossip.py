@@ -1,4 +1,4 @@
-"""Gossip mixing: ppermute halo exchange against a dense all-gather, for experiments/bench.py.
+"""Gossip mixing: ppermute halo exchange against a dense all-gather, for benchmarks/bench.py.
 
 All paths run as the simulator runs them: inside one ``jax.shard_map`` over the "clients" mesh
 axis, ``rounds`` mixing rounds per call in a ``lax.scan``, each round on the next graph of the pool
@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments._bench_sim import xla_mb
+from benchmarks._sim import xla_mb
 from spark_tpu import gossip, topology
 
 MLP_LEAVES = ((100, 784), (100,), (10, 100), (10,))  # MLP 784-100-10, P = 79,510

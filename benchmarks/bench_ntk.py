@@ -2,8 +2,8 @@
 
 Command (from the repo root):
 
-    python -m experiments.bench_ntk                     # N = 1200, C = 10, 800 grid steps
-    python -m experiments.bench_ntk --small             # N = 300, 200 steps, seconds
+    python -m benchmarks.bench_ntk                     # N = 1200, C = 10, 800 grid steps
+    python -m benchmarks.bench_ntk --small             # N = 300, 200 steps, seconds
 
 Expected wall time on the 2-core dev box: about 2 min (full). It times, warm (compile excluded,
 best of --repeats):
@@ -19,7 +19,8 @@ best of --repeats):
   its time, per kind, at --materialized_n samples;
 - one whole `ntk_evolution_step` at N.
 
-Writes experiments/results/bench_ntk.json (or --out).
+Writes benchmarks/results/bench_ntk.json (bench_ntk_small.json with --small; another folder with
+--output_dir).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import _bench_flops
+from benchmarks import _flops
 from spark_tpu import models, ntk
 
 _SMALL = flags.DEFINE_bool("small", False, "N = 300, 200 grid steps.")
@@ -52,11 +53,11 @@ _PROJ_KS = flags.DEFINE_list(
 _MAT_N = flags.DEFINE_integer("materialized_n", 200, "Samples for the materialized kernel.")
 _SOLVERS = flags.DEFINE_list("solvers", ["euler", "bosh3", "rk4"], "Solvers to time.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (best is kept).")
-_OUT = flags.DEFINE_string("out", "experiments/results/bench_ntk.json", "Result file.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "benchmarks/results", "Where the result file goes.")
 
 
 def _time(fn, *args) -> float:
-    return _bench_flops.best_time(fn, *args, reps=_REPEATS.value)
+    return _flops.best_time(fn, *args, reps=_REPEATS.value)
 
 
 def _problem(n: int, key):
@@ -159,8 +160,9 @@ def main(argv):
     results["step_rk4_s"] = _time(step, model)
     for key, value in results.items():
         print(f"{key:45s} {value}")
-    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-    with open(_OUT.value, "w") as f:
+    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    name = "bench_ntk" + ("_small" if _SMALL.value else "") + ".json"
+    with open(os.path.join(_OUTPUT_DIR.value, name), "w") as f:
         json.dump(results, f, indent=1)
 
 

@@ -1,6 +1,6 @@
-"""Timing whole simulator rounds (`spark_tpu.simulator.Simulation`) for experiments/bench.py.
+"""Timing whole simulator rounds (`spark_tpu.simulator.Simulation`) for benchmarks/bench.py.
 
-Every function here runs inside a `_bench_worker` process and returns a list of result rows
+Every function here runs inside a `_worker` process and returns a list of result rows
 (JSON-ready dicts). Rounds are timed through ``Simulation.advance``, which returns the metrics on
 the host, so each timing ends at a synchronization point, exactly as ``simulator.run`` sees it.
 Compilation (``Simulation.chunk``) is timed separately, and so is the first call of every
@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from experiments import _bench_flops
+from benchmarks import _flops
 from spark_tpu import simulator
 
 
@@ -83,7 +83,7 @@ def products(sim) -> dict:
 def describe(sim) -> dict:
     """The shapes that set a round's cost."""
     s = sim.setup
-    widths = _bench_flops.mlp_widths(s.params) if hasattr(s.params, "layers") else None
+    widths = _flops.mlp_widths(s.params) if hasattr(s.params, "layers") else None
     return {
         "algorithm": sim.cfg.algorithm,
         "dataset": sim.cfg.dataset,
@@ -121,7 +121,7 @@ def _add_flops(row: dict, sim, matmul: bool) -> None:
     if row["widths"] is None or sim.cfg.algorithm not in ("ntk_dfl", "spark"):
         return
     n = row["pooled_rows"]
-    fl = _bench_flops.round_flops(
+    fl = _flops.round_flops(
         n,
         row["widths"],
         sim.cfg.horizons,
@@ -133,7 +133,7 @@ def _add_flops(row: dict, sim, matmul: bool) -> None:
     )
     row.update(fl, achieved_gflops=fl["total_gflop"] / row["seconds_per_round"])
     if matmul:
-        rates = _bench_flops.matmul_rates(n, row["widths"][-1])
+        rates = _flops.matmul_rates(n, row["widths"][-1])
         row.update(rates)
         row["fraction_of_square_matmul"] = row["achieved_gflops"] / rates["square_matmul_gflops"]
         row["fraction_of_skinny_matmul"] = row["achieved_gflops"] / rates["skinny_matmul_gflops"]
