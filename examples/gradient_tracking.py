@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import spark_tpu
-from spark_tpu import gossip
+from spark_tpu import data as datasets, gossip
 
 
 class TrackingState(NamedTuple):
@@ -50,7 +50,7 @@ def build(ctx: spark_tpu.BuildContext) -> spark_tpu.Algorithm:
 
 SPEC = spark_tpu.AlgorithmSpec("gradient_tracking", build, reference={"lr": 0.1, "batch_size": 10},
                                options=("batch_size",), description="DIGing gradient tracking")
-FLAGS = dict(rounds=150, clients=30, samples_per_client=100, lr=0.1, batch_size=100,
+FLAGS = dict(rounds=200, clients=30, samples_per_client=100, lr=0.02, batch_size=100,
              topology="ring", eval_every=5)
 
 
@@ -64,12 +64,13 @@ def main(argv=None):
     out, graph, data = args.pop("out"), args.pop("topology"), "fashion_mnist"
     if args.pop("small"):
         data, args["clients"] = "digits", 8
+    dataset = datasets.load_dataset(data)  # once for both runs
     config = dict(args, partition="dirichlet", alpha=0.1, time_varying=False)
     result = {"command": " ".join(["python -m examples.gradient_tracking", *sys.argv[1:]]),
               "config": dict(config, dataset=data, topology=graph, model="mlp")}
     start = time.time()
     for name, algorithm in (("gradient_tracking", SPEC), ("dgd", "dgd")):
-        h = spark_tpu.simulate(algorithm, "mlp", data, graph, **config)
+        h = spark_tpu.simulate(algorithm, "mlp", dataset, graph, **config)
         done = ~np.isnan(h["aggregated_acc"])  # the evaluated rounds
         result[name] = {k: h[k][done].tolist() for k in ("round", "mean_local_acc",
                                                           "aggregated_acc")}
