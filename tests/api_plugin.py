@@ -1,5 +1,5 @@
 """A user's own algorithm in a module outside the package, named by import path in tests/test_api.py
-(``api_plugin:build`` and ``api_plugin:SPEC``): every client adds a fixed offset to its model, then
+(``api_plugin:build`` and ``api_plugin:offset_spec``): every client adds a fixed offset to its model, then
 mixes with its neighbours. Not a test module."""
 
 import jax
@@ -22,7 +22,7 @@ def build(ctx: spark_tpu.BuildContext) -> spark_tpu.Algorithm:
     return spark_tpu.Algorithm(init=spark_tpu.ParamsState, round=round_)
 
 
-SPEC = spark_tpu.AlgorithmSpec("plugin_offset", build, reference={"lr": 0.5},
+offset_spec = spark_tpu.AlgorithmSpec("plugin_offset", build, reference={"lr": 0.5},
                                defaults={"step": 0.25})
 
 

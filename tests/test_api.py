@@ -130,20 +130,20 @@ def test_callbacks_are_called_in_order():
 
 
 def test_an_algorithm_by_import_path_with_its_own_options():
-    cfg = simulator.Config(algorithm="api_plugin:SPEC", dataset="two_moons", topology="ring",
+    cfg = simulator.Config(algorithm="api_plugin:offset_spec", dataset="two_moons", topology="ring",
                            algorithm_options=(("step", "0.5"),), **TINY)
     h = simulator.simulate_config(cfg)
     # every round adds 0.5 to every weight of every client, and mixing keeps equal offsets
     moved = [np.asarray(leaf) for leaf in jax.tree.leaves(h.state.params)]
     start = [np.asarray(leaf) for leaf in jax.tree.leaves(
-        spark_tpu.simulate("api_plugin:SPEC", "mlp", "two_moons", "ring",
+        spark_tpu.simulate("api_plugin:offset_spec", "mlp", "two_moons", "ring",
                            algorithm_options=(("step", "0"),), **TINY).state.params)]
     for a, b in zip(moved, start):
         np.testing.assert_allclose(a - b, 2 * 0.5, rtol=1e-6)  # two rounds of +0.5
     with pytest.raises(ValueError, match="has no option 'speed'"):
-        simulator.Config(algorithm="api_plugin:SPEC", algorithm_options=(("speed", "1"),))
+        simulator.Config(algorithm="api_plugin:offset_spec", algorithm_options=(("speed", "1"),))
     with pytest.raises(ValueError, match="expected a float"):
-        simulator.Config(algorithm="api_plugin:SPEC", algorithm_options=(("step", "fast"),))
+        simulator.Config(algorithm="api_plugin:offset_spec", algorithm_options=(("step", "fast"),))
     with pytest.raises(ValueError, match="cannot import 'no_such_module'"):
         simulator.Config(algorithm="no_such_module:build")
 
@@ -184,7 +184,7 @@ def test_the_launcher_runs_an_algorithm_and_a_model_by_import_path(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=here)
     out = tmp_path / "run"
     p = subprocess.run(
-        [sys.executable, "-m", "launch_tpu.main", "--algorithm=api_plugin:SPEC",
+        [sys.executable, "-m", "launch_tpu.main", "--algorithm=api_plugin:offset_spec",
          "--algorithm_option=step=0.5", "--model=api_plugin:make_net", "--dataset=digits",
          "--clients=4", "--samples_per_client=20", "--rounds=2", "--topology=ring",
          "--local_eval_samples=50", "--devices=2", f"--output_dir={out}"],
@@ -192,6 +192,6 @@ def test_the_launcher_runs_an_algorithm_and_a_model_by_import_path(tmp_path):
         check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["config"]["algorithm"] == "api_plugin:SPEC"
+    assert summary["config"]["algorithm"] == "api_plugin:offset_spec"
     assert summary["config"]["algorithm_options"] == [["step", "0.5"]]
     assert summary["hyperparameters"] == {"lr": 0.5}

@@ -1,7 +1,7 @@
 """Mapping a per-dataset function over a leading batch axis, the fast way for the platform.
 
 The solver's cost is skinny ``[C, N] x [N, N]`` products, which are memory-bound. Measured with the
-default RK4 solver at N = 1200, C = 10, 800 grid steps (experiments/bench_ntk.py):
+default RK4 solver at N = 1200, C = 10, 800 grid steps (benchmarks/bench_ntk.py):
 
 - CPU (2 cores): ``jax.lax.map`` (one kernel stays in cache while its scan runs) 0.35 ms per
   product vs 0.70 ms for ``jax.vmap`` (batched products stream every kernel each step);
