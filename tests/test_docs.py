@@ -21,7 +21,9 @@ SKIP_DIRS = {".git", "runs", "tpu_runs", "build", "dist", "__pycache__", ".venv"
 
 # Citations of files outside the repository. Built from pieces so this file does not match itself.
 _OUTSIDE = [
-    r"\b" + "SP" + r"EC\b",
+    # the word, but not a Python name (`NAME = ...`, `.NAME`, `f(NAME)`, `a, NAME`, `import NAME`)
+    r"(?<![\w.])(?<!\w\()(?<!, )(?<!import )" + "SP" + r"EC\b(?!\s*=[^=]|\.\w)",
+    "SP" + r"EC\.md",
     "DES" + r"IGN (layer|\.md)",
     "DES" + r"IGN\.md",
     "STY" + r"LE (rule|\d)",

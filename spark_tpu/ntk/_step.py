@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree, Scalar
 
 from ._closed_form import closed_form_from_residual
-from ._kernel import trace_kernel
+from ..models import AbstractSequential
+from ._kernel import trace_kernel, trace_kernel_materialized
 from ._objective import Objective
 from ._solver import (
     ADAPTIVE,
@@ -112,7 +113,7 @@ def ntk_evolution_step(
     eta: ArrayLike,
     horizons: Sequence[int],
     solver: str = ADAPTIVE,
-    kernel_fn: Callable[..., Array] = trace_kernel,
+    kernel_fn: Callable[..., Array] | None = None,
     linearize_fn: Callable[..., tuple[Array, Callable[[Array], PyTree]]] | None = None,
     selection: str = "pooled",
     **solver_options,
@@ -132,7 +133,9 @@ def ntk_evolution_step(
         horizons: static tuple of integer horizons T.
         solver: ``"adaptive"`` (default: error-controlled), a key of `spark_tpu.ntk.TABLEAUX`
             (fixed steps) or ``"mse_closed_form"`` (MSE objectives only).
-        kernel_fn: ``(model, x, mask) -> [N, N]``; `trace_kernel` by default.
+        kernel_fn: ``(model, x, mask) -> [N, N]``; by default `trace_kernel` for the package's
+            `AbstractSequential` models and `trace_kernel_materialized` (the explicit Jacobian)
+            for any other module (docs/extending.md §3).
         linearize_fn: optional ``(model, x, mask) -> (K, jtr)`` replacing both `kernel_fn` and the
             exact VJP: ``jtr(r [N, C])`` returns an estimate of ``Jᵀ r`` shaped like the model's
             array params, e.g. the back-projection ``P (JP)ᵀ r`` of docs/spark.md §6 (projected Jacobians
@@ -149,6 +152,9 @@ def ntk_evolution_step(
     params, apply = batched_forward(model)
     f0, vjp_fn = jax.vjp(lambda p: apply(p, x), params)
     n = jnp.maximum(jnp.sum(mask), 1).astype(f0.dtype)
+    if kernel_fn is None:
+        sequential = isinstance(model, AbstractSequential)
+        kernel_fn = trace_kernel if sequential else trace_kernel_materialized
     if linearize_fn is None:
         kernel = kernel_fn(model, x, mask).astype(f0.dtype)
     else:

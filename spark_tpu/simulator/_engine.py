@@ -146,7 +146,8 @@ def make_evaluate(model: Model, mesh, num_clients: int):
         dist = jax.tree.map(
             lambda p, m: jnp.sum((p - m[None]) ** 2, axis=tuple(range(1, p.ndim))), params, mean
         )
-        dist = gossip.client_sum(w * sum(jax.tree.leaves(dist))) / num_clients
+        dist = sum(jax.tree.leaves(dist)).astype(jnp.float32)  # float64 params: x64 runs
+        dist = gossip.client_sum(w * dist) / num_clients
 
         def acc(p, x, y):
             return jnp.mean(
