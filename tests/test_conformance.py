@@ -24,6 +24,7 @@ for the NTK methods. Tiers: the cheapest gradient method (dgd) and NTK-DFL run c
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -38,11 +39,22 @@ from spark_tpu.simulator import _build, _run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The example algorithm, by import path (it is not registered: naming it is how a user runs it).
-EXAMPLE = "examples.gradient_tracking:SPEC"
+# The example algorithms, by import path (not registered: naming them is how a user runs them):
+# every AlgorithmSpec that examples/gradient_tracking.py defines, once that file exists.
+EXAMPLE_MODULE = "examples.gradient_tracking"
 if REPO not in sys.path:  # examples/ is a folder of the repository, not an installed package
     sys.path.append(REPO)
-HAS_EXAMPLE = os.path.isfile(os.path.join(REPO, "examples", "gradient_tracking.py"))
+
+
+def _example_specs() -> list[str]:
+    if not os.path.isfile(os.path.join(REPO, *EXAMPLE_MODULE.split(".")) + ".py"):
+        return []
+    module = importlib.import_module(EXAMPLE_MODULE)
+    return [f"{EXAMPLE_MODULE}:{attribute}" for attribute, value in vars(module).items()
+            if isinstance(value, algorithms.AlgorithmSpec)]
+
+
+EXAMPLES = _example_specs()
 
 
 def plain_build(ctx: algorithms.BuildContext) -> algorithms.Algorithm:
@@ -58,7 +70,7 @@ PLAIN = f"{__name__}:plain_build"
 # The built-ins, as registered when this module is imported.
 BUILTINS = algorithms.ALGORITHMS.names()
 # Algorithms that send nothing, by design: centralized SGD is the pooled-data reference, with no
-# clients exchanging anything (its spec: "SGD on the pooled data (the reference)"; metrics.md).
+# clients exchanging anything (docs/metrics.md §5 counts it 0).
 SILENT = {"centralized"}
 # The fast tier for checks 1, 2 and 5: the cheapest gradient method and NTK-DFL. Checks 3 and 6
 # keep dgd in the fast tier; check 0 (no compilation) runs every algorithm there.
@@ -74,9 +86,19 @@ NTK = dict(horizons=(2, 4))
 
 
 def _cases(fast=frozenset(FAST), extra=()):
-    names = list(BUILTINS) + ([EXAMPLE] if HAS_EXAMPLE else []) + list(extra)
-    return [pytest.param(n, id=n.split(":")[0].rsplit(".", 1)[-1] if ":" in n else n,
-                         marks=() if n in fast else pytest.mark.slow) for n in names]
+    names = list(BUILTINS) + EXAMPLES + list(extra)
+    return [pytest.param(n, id=_id(n), marks=() if n in fast else pytest.mark.slow)
+            for n in names]
+
+
+def _id(name: str) -> str:
+    """A registered name as is; an import path by its module's last part (and its attribute)."""
+    if name == PLAIN:
+        return "build_function_by_import_path"
+    if ":" not in name:
+        return name
+    module, attribute = name.split(":")
+    return module.rsplit(".", 1)[-1] + ("" if len(EXAMPLES) == 1 else f"-{attribute}")
 
 
 def fields(name: str, **changes) -> dict:
@@ -262,7 +284,7 @@ def compile_once(tmp_path_factory):
 # 0. Every algorithm builds from the suite's Config, its own defaults and reference values.
 
 
-@pytest.mark.parametrize("name", _cases(fast=set(BUILTINS) | {EXAMPLE}))
+@pytest.mark.parametrize("name", _cases(fast=set(BUILTINS) | set(EXAMPLES)))
 def test_builds_from_its_config(name):
     """No compilation: the spec's build function, as the simulator calls it (SPARK's build
     once resolved its options twice and refused its own default projection_dim)."""
