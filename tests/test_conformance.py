@@ -5,7 +5,8 @@ Every algorithm in `spark_tpu.algorithms.ALGORITHMS`, and the gradient-tracking 
 
 1. a repeated run is bit-identical (metrics and final state);
 2. 1 and 8 devices give the same metrics and final state (to 1e-5);
-3. a chunk of L rounds is traced (and compiled) once, however many chunks of L run;
+3. a chunk of L rounds is traced (and compiled) once, however many chunks of L run (and, for
+   dgd, a chunk of another length once more);
 4. a run interrupted after its checkpoint at round K and resumed gives the uninterrupted run's
    metrics and state bit-identically (also for an algorithm named by import path);
 5. ``bytes_sent`` is a per-client metric, finite and ≥ 0, positive in every round for every
@@ -16,14 +17,15 @@ Every algorithm in `spark_tpu.algorithms.ALGORITHMS`, and the gradient-tracking 
 and every algorithm builds from its reference configuration (0). Each algorithm's runs are made
 once per module and shared by the checks (`Runs`), and a module-local persistent compilation
 cache compiles each distinct program once. The settings are the smallest that exercise
-everything: 8 clients of two_moons, a time-varying 3-regular graph (on 8 devices every exchange
-crosses a device boundary) and a star (uneven degrees), 4 rounds in 2 chunks of 2, horizons (2, 4)
+everything: 10 clients of two_moons (on 8 devices: 16 slots, 6 of them padding), a
+time-varying 3-regular graph and a star (uneven degrees), 4 rounds in 2 chunks of 2, horizons (2, 4)
 for the NTK methods. Tiers: the cheapest gradient method (dgd) and NTK-DFL run checks 0, 1, 2, 5
 (and dgd 3, 6) in the fast tier; the rest are marked ``slow`` here, not in conftest.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -77,11 +79,11 @@ SILENT = {"centralized"}
 FAST = {"dgd", "ntk_dfl"}
 
 SETTINGS = dict(
-    dataset="two_moons", model="mlp", clients=8, samples_per_client=20, partition="dirichlet",
+    dataset="two_moons", model="mlp", clients=10, samples_per_client=20, partition="dirichlet",
     alpha=0.5, rounds=4, eval_every=2, local_eval_samples=50, seed=0, devices=8,
 )
 GRAPH = dict(topology="regular", degree=3, graph_pool=4)
-STAR = dict(topology="star")  # the hub (client 0) has 7 neighbours, every other client 1
+STAR = dict(topology="star")  # the hub (client 0) neighbours every client; the others only it
 NTK = dict(horizons=(2, 4))
 
 
@@ -216,6 +218,19 @@ class StopAfter(_run.Callback):
             raise Interrupted(self.k)
 
 
+@dataclasses.dataclass
+class Chunks:
+    """A Simulation advanced chunk by chunk: its round traces after each chunk, the raw metrics
+    of each chunk ([rounds, clients] by client id), and the chunk lengths it compiled."""
+
+    sim: simulator.Simulation
+    traces: CountTraces
+    probe: ProbeGuard
+    traces_after: list = dataclasses.field(default_factory=list)
+    metrics: list = dataclasses.field(default_factory=list)
+    programs: list = dataclasses.field(default_factory=list)
+
+
 class Runs:
     """Each algorithm's runs, made on first use and shared by every check of the module."""
 
@@ -237,19 +252,18 @@ class Runs:
     def one_device(self, name) -> simulator.History:
         return self._get((name, "1 device"), lambda: simulate(name, devices=1))
 
-    def chunks(self, name):
-        """A Simulation on a star of 8 clients (degrees 7 and 1), 8 devices, with its round
-        traces counted and the transfer guard probed, advanced by chunks of 2, 2, 3, 3 rounds:
-        (sim, traces after each chunk, raw metrics per chunk, guard probe)."""
+    def chunks(self, name) -> "Chunks":
+        """A Simulation on a star (degrees 9 and 1), 8 devices, with its round traces counted and
+        the transfer guard probed, advanced by 3 chunks of 2 rounds."""
 
         def make():
             sim = simulator.Simulation(config(name, **STAR))
-            traces, probe = CountTraces(sim), ProbeGuard(sim)
-            counts, metrics = [], []
-            for length in (2, 2, 3, 3):
-                metrics.append(sim.advance(length))
-                counts.append(traces.count)
-            return sim, counts, metrics, probe
+            c = Chunks(sim, CountTraces(sim), ProbeGuard(sim))
+            for _ in range(3):
+                c.metrics.append(sim.advance(2))
+                c.traces_after.append(c.traces.count)
+            c.programs = sorted(sim._chunks)
+            return c
 
         return self._get((name, "chunks"), make)
 
@@ -310,7 +324,8 @@ def test_repeated_run_is_bit_identical(runs, name):
 
 @pytest.mark.parametrize("name", _cases())
 def test_same_metrics_and_state_on_1_and_8_devices(runs, name):
-    """8 clients on 8 devices (every exchange crosses a device boundary) and on 1 (none does)."""
+    """10 clients on 8 devices (padded to 16 slots, exchanges within and across devices) and on 1
+    (no padding, no exchange between devices)."""
     eight, one = runs.baseline(name), runs.one_device(name)
     m8, m1 = numbers(eight), numbers(one)
     assert m8.keys() == m1.keys()
@@ -325,10 +340,22 @@ def test_same_metrics_and_state_on_1_and_8_devices(runs, name):
 
 @pytest.mark.parametrize("name", _cases(fast={"dgd"}))
 def test_round_is_traced_once_per_chunk_length(runs, name):
-    sim, counts, _, _ = runs.chunks(name)
-    assert counts == [1, 1, 2, 2]  # lengths 2, 2, 3, 3: one trace for 2, one more for 3
-    assert sorted(sim._chunks) == [2, 3]  # and one compiled program each
-    assert int(sim.round) == 10
+    """3 chunks of 2 rounds: one trace and one compiled program, called 3 times (each call takes
+    the state the previous one returned: its structure, dtypes and sharding must not drift)."""
+    c = runs.chunks(name)
+    assert c.traces_after == [1, 1, 1]
+    assert c.programs == [2]
+
+
+def test_a_new_chunk_length_is_traced_once_more(runs):
+    """Continuing the dgd chunks above with 2 chunks of 3 rounds: one more trace (a length's
+    program is compiled once, whichever algorithm; the cost is one compilation per algorithm)."""
+    c = runs.chunks("dgd")
+    before, rounds = c.traces.count, int(c.sim.round)
+    c.sim.advance(3)
+    c.sim.advance(3)
+    assert c.traces.count == before + 1
+    assert sorted(c.sim._chunks) == [2, 3] and int(c.sim.round) == rounds + 6
 
 
 # 4. Checkpoint round trip.
@@ -367,7 +394,7 @@ def test_a_build_function_by_import_path_is_dgd():
 @pytest.mark.parametrize("name", _cases())
 def test_bytes_sent_is_counted(runs, name):
     cfg = config(name)
-    _, _, chunks, _ = runs.chunks(name)
+    chunks = runs.chunks(name).metrics
     for m in chunks:
         assert "bytes_sent" in m
         sent = np.asarray(m["bytes_sent"], np.float64)[:, : cfg.clients]  # [rounds, clients]
@@ -385,7 +412,7 @@ def test_bytes_sent_is_counted(runs, name):
         # More neighbours, more bytes: on the star, the hub sends more than every leaf.
         star = _build.make_topology(config(name, **STAR)).mixing_matrices()[0]
         degree = np.count_nonzero(star, axis=1) - 1
-        assert degree.tolist() == [7] + [1] * 7
+        assert degree.tolist() == [cfg.clients - 1] + [1] * (cfg.clients - 1)
         for m in chunks:
             sent = np.asarray(m["bytes_sent"], np.float64)[:, : cfg.clients]
             assert np.all(sent[:, :1] > sent[:, 1:]), sent
@@ -397,6 +424,6 @@ def test_bytes_sent_is_counted(runs, name):
 @pytest.mark.parametrize("name", _cases(fast={"dgd"}))
 def test_chunks_run_with_host_to_device_copies_banned(runs, name):
     """Every chunk ran (without error) while an implicit host-to-device copy raised."""
-    _, _, _, probe = runs.chunks(name)
-    assert probe.seen == [True] * 4
+    probe = runs.chunks(name).probe
+    assert len(probe.seen) >= 3 and all(probe.seen), probe.seen
     assert not guard_is_live()  # the guard is the chunk's, not the test's
