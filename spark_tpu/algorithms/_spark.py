@@ -276,7 +276,9 @@ def _build(ctx: BuildContext) -> Algorithm:
     cfg = ctx.config
     return spark(
         ctx.model, stages=parse_stages(cfg.spark_stages or DEFAULT_STAGES, cfg.rounds),
-        rounds=cfg.rounds, options=resolve_options(dict(cfg.spark_options)), **ntk_options(ctx),
+        # the user's options, not resolved ones: spark() resolves them, and resolving twice
+        # reads the default projection_dim as one given without a projection (and refuses it)
+        rounds=cfg.rounds, options=dict(cfg.spark_options), **ntk_options(ctx),
     )
 
 
