@@ -135,7 +135,9 @@ def build(cfg: Config, devices: int, custom: Custom = Custom()) -> Setup:
     """Draws the graphs and checks the flags that need no data, then loads data, partitions it
     and builds the model and algorithm (a bad flag fails before the data loads)."""
     hyperparameters(cfg)
-    topo = custom.graph if custom.graph is not None else make_topology(cfg)
+    # a server algorithm runs on the complete graph whatever graph it is given
+    use_custom = custom.graph is not None and cfg.spec.uses_graph
+    topo = custom.graph if use_custom else make_topology(cfg)
     if topo.clients != cfg.clients:
         raise ValueError(f"the graph has {topo.clients} clients but --clients={cfg.clients}.")
     layout = topology.device_layout(topo.name, cfg.clients, devices, cfg.mesh, topo.torus_shape)
