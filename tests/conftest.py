@@ -50,10 +50,6 @@ SLOW = (
     "test_ntk_fl.py::test_replicated_server_step_gives_the_same_model",
     "test_ntk_fl.py::test_two_rounds_match_float64_reference",
     "test_ntk_kernel.py::test_kernel_vmaps_over_stacked_clients",
-    "test_ntk_kernel.py::test_structured_kernel_equals_materialized[float32-1e-05-cnn]",
-    "test_ntk_kernel.py::test_structured_kernel_equals_materialized[float64-1e-10-cnn]",
-    "test_ntk_kernel.py::test_structured_kernel_equals_materialized[float64-1e-10-mlp3]",
-    "test_ntk_kernel.py::test_structured_kernel_equals_materialized[float64-1e-10-ntk_sigmoid]",
     "test_ntk_projection.py::test_full_size_projection_is_exact_and_errors",
     "test_ntk_projection.py::test_projected_kernel_and_back_projection_are_unbiased[gaussian]",
     "test_ntk_projection.py::test_projected_kernel_and_back_projection_are_unbiased[kronecker]",
@@ -87,18 +83,71 @@ SLOW = (
 )
 
 
+# FILE::TEST -> the IDs of its parametrizations that stay in the fast tier; the rest of the sweep
+# is slow. `make test` runs every case; `make test-fast` a representative few (each topology, device
+# count, dtype, solver family... at least once, as each comment says).
+FAST_SUBSET = {
+    # each algorithm, W kind and width at least once (a Latin square of the 12 cases)
+    "test_dynamics.py::test_reduced_flow_equals_weight_space_expm": (
+        "dgd-metropolis_ring-r<P", "dgd-nonsymmetric-r=P", "atc-nonsymmetric-r<P",
+        "atc-metropolis_ring-r=P", "cta-metropolis_ring-r<P", "cta-nonsymmetric-r=P",
+    ),
+    # each algorithm and each kind of W once
+    "test_dynamics.py::test_affine_discrete_prediction_equals_training": (
+        "complete-dgd", "nonsymmetric-atc", "sequence-cta",
+    ),
+    # the gradient baselines share one byte count; DGD stands for them
+    "test_bytes.py::test_gradient_baselines_send_one_model_per_link": ("dgd",),
+    # each topology once; 1, 2, 4 and 8 devices and 8, 30 and 300 clients each at least once
+    "test_gossip.py::test_mix_equals_dense": (
+        "1-8-ring", "2-30-star", "4-8-complete", "8-30-torus", "2-300-regular",
+        "4-300-erdos_renyi", "8-30-exponential",
+    ),
+    # both weight rules, four of the eight tilings (both mesh orientations, a 1 x 8 mesh)
+    "test_mesh2d.py::test_mix_on_2d_mesh_equals_dense": (
+        "4-4-mesh_shape0-uniform", "4-8-mesh_shape3-metropolis", "6-8-mesh_shape5-uniform",
+        "6-8-mesh_shape7-metropolis",
+    ),
+    "test_mesh2d.py::test_link_failures_and_dropout_on_2d_mesh": (
+        "4-8-mesh_shape0-uniform", "6-8-mesh_shape1-metropolis",
+    ),
+    # an MLP in float64 and an NTK-parameterized MLP in float32
+    "test_ntk_kernel.py::test_structured_kernel_equals_materialized": (
+        "float64-1e-10-mlp1", "float32-1e-05-ntk_tanh",
+    ),
+    "test_ntk_kernel.py::test_jacobian_transpose_product_equals_explicit": ("mlp3",),
+    # the highest order, the shortest stride, one Chebyshev method, the adaptive default
+    "test_ntk_solver.py::test_convergence_order": ("rk4-4",),
+    "test_ntk_solver.py::test_strided_solver_matches_dop853_at_every_grid_point": ("2-0.0001",),
+    "test_ntk_solver.py::test_chebyshev_solvers_stay_stable_at_long_strides": ("rkc4-8-0.002",),
+    "test_ntk_solver.py::test_adaptive_solver_matches_dop853_at_every_grid_point": (
+        "digits_problem",
+    ),
+    "test_projection_spark.py::test_hand_sizes_match_the_projection": ("kronecker-200",),
+}
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Marks the `SLOW` tests; an entry that names a test no longer in its file is an error."""
+    """Marks the `SLOW` tests and the `FAST_SUBSET` sweeps' other cases; an entry that names a
+    test or case no longer in its file is an error."""
     used, files = set(), set()
     for item in items:
         path = item.nodeid.split("::", 1)[0].removeprefix("tests/")
         files.add(path)
         name = f"{path}::{item.name}"
-        for entry in (name, name.split("[", 1)[0]):
+        test = name.split("[", 1)[0]
+        for entry in (name, test):
             if entry in SLOW:
                 item.add_marker(pytest.mark.slow)
                 used.add(entry)
-    stale = [e for e in SLOW if e.split("::", 1)[0] in files and e not in used]
+        if test in FAST_SUBSET:
+            case = name[len(test) + 1 : -1]
+            if case in FAST_SUBSET[test]:
+                used.add(name)
+            else:
+                item.add_marker(pytest.mark.slow)
+    listed = list(SLOW) + [f"{t}[{c}]" for t, cases in FAST_SUBSET.items() for c in cases]
+    stale = [e for e in listed if e.split("::", 1)[0] in files and e not in used]
     if stale and not any("::" in arg for arg in config.args):  # not when tests are named
-        raise pytest.UsageError(f"tests/conftest.py SLOW names tests that do not exist: {stale}")
+        raise pytest.UsageError(f"tests/conftest.py names tests that do not exist: {stale}")
