@@ -7,6 +7,8 @@ or more each in ``pytest --durations`` on the loaded 2-core dev machine (subproc
 multi-device equivalence sweeps, float64 references), which together were most of the suite's
 time. Every module keeps cheaper tests in the fast tier."""
 
+import types
+
 import jax
 import pytest
 
@@ -16,6 +18,18 @@ platform.emulate_cpu_devices(8)
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(scope="session")
+def spark_settings():
+    """The simulator settings of the 3-round SPARK runs in test_spark.py and
+    test_projection_spark.py (one copy, issue #16): 8 digits clients on 4 devices, degree-3
+    graphs from a pool of 4, horizons 4, 8, 16. Read-only; tests add their own keys."""
+    return types.MappingProxyType(dict(
+        dataset="digits", clients=8, samples_per_client=16, rounds=3, degree=3, graph_pool=4,
+        local_eval_samples=100, horizons=(4, 8, 16), devices=4, lr=0.05,
+    ))
+
 
 # FILE::TEST (every parametrization) or FILE::TEST[ID] (that one). A test whose expensive
 # module fixture is shared by all its parametrizations is listed whole.
