@@ -12,18 +12,14 @@ import pytest
 from spark_tpu import algorithms, models, simulator
 from spark_tpu.ntk import project_jacobian
 
-BASE = dict(
-    dataset="digits", clients=8, samples_per_client=16, rounds=3, degree=3, graph_pool=4,
-    local_eval_samples=100, horizons=(4, 8, 16), devices=4, lr=0.05,
-)
 STAGES = "0: lam=0.3, T=2, mu=0.9"  # momentum and the regularizer on from round 0
 # The digits MLP 64-100-10: layer matrices [W | b] of 100 x 65 and 10 x 101; P = 7510.
 FULL = 10_000  # ≥ 100·65 (gaussian) and round(√k) ≥ 100, ⌈k/100⌉ ≥ 65 (kronecker): identities
 
 
-def _sim(options=(), stages=STAGES, rounds=3):
+def _sim(settings, options=(), stages=STAGES, rounds=3):
     cfg = simulator.Config(
-        algorithm="spark", spark_stages=stages, spark_options=tuple(options), **BASE
+        algorithm="spark", spark_stages=stages, spark_options=tuple(options), **settings
     )
     sim = simulator.Simulation(cfg)
     metrics = sim.advance(rounds)
@@ -31,16 +27,16 @@ def _sim(options=(), stages=STAGES, rounds=3):
 
 
 def _leaves(sim):
-    return [np.asarray(x)[: BASE["clients"]] for x in jax.tree.leaves(sim.state)]
+    return [np.asarray(x)[: sim.cfg.clients] for x in jax.tree.leaves(sim.state)]
 
 
 @pytest.fixture(scope="module")
-def plain():
-    return _sim()
+def plain(spark_settings):
+    return _sim(spark_settings)
 
 
-def test_projection_off_is_bit_identical(plain):
-    off, metrics = _sim((("projection", "none"), ("weight_step", "exact")))
+def test_projection_off_is_bit_identical(spark_settings, plain):
+    off, metrics = _sim(spark_settings, (("projection", "none"), ("weight_step", "exact")))
     for a, b in zip(_leaves(off), _leaves(plain[0])):
         np.testing.assert_array_equal(a, b)
     for key in ("bytes_sent", "train_loss", "tau"):
@@ -49,9 +45,9 @@ def test_projection_off_is_bit_identical(plain):
 
 @pytest.mark.parametrize("weight_step", ["exact", "backproject"])
 @pytest.mark.parametrize("kind", ["gaussian", "kronecker"])
-def test_full_width_projection_is_the_unprojected_round(plain, kind, weight_step):
+def test_full_width_projection_is_the_unprojected_round(spark_settings, plain, kind, weight_step):
     opts = (("projection", kind), ("projection_dim", str(FULL)), ("weight_step", weight_step))
-    sim, metrics = _sim(opts)
+    sim, metrics = _sim(spark_settings, opts)
     ref, ref_metrics = plain
     moved = max(np.abs(a).max() for a in _leaves(ref)[len(_leaves(ref)) // 2 :])  # velocity
     assert moved > 1e-3
@@ -77,8 +73,8 @@ def test_hand_sizes_match_the_projection(kind, k):
     assert sum(widths) == _hand_sizes(kind, k)
 
 
-def test_small_projection_changes_the_round_and_stays_finite(plain):
-    sim, _ = _sim((("projection", "kronecker"), ("projection_dim", "16")))
+def test_small_projection_changes_the_round_and_stays_finite(spark_settings, plain):
+    sim, _ = _sim(spark_settings, (("projection", "kronecker"), ("projection_dim", "16")))
     assert all(np.isfinite(a).all() for a in _leaves(sim))
     assert not np.allclose(_leaves(sim)[0], _leaves(plain[0])[0])
 

@@ -7,8 +7,6 @@ import pytest
 
 from spark_tpu import simulator
 
-pytestmark = pytest.mark.slow  # simulations / float64 references: the full tier
-
 TINY = dict(
     algorithm="ntk_dfl", dataset="digits", clients=8, samples_per_client=20, rounds=2, degree=3,
     graph_pool=4, local_eval_samples=100, horizons=(48, 64), devices=2, lr=0.5, lr_decay=0.0,
@@ -32,6 +30,7 @@ def _rows(tmp_path, caplog, **flags):
     return rows, warnings
 
 
+@pytest.mark.slow  # a simulation; the refusals above are Config checks (fast tier)
 def test_too_long_fixed_stride_warns_with_round_and_client_count(tmp_path, caplog):
     """η = 0.5 on digits is stiff: rk4 steps of 16 grid intervals leave the stability region on
     some clients, and the run says so in every round it happens, naming how many clients."""
@@ -42,6 +41,7 @@ def test_too_long_fixed_stride_warns_with_round_and_client_count(tmp_path, caplo
     assert f"for {round(flagged[0] * 8)} of 8 clients" in warnings[0]
 
 
+@pytest.mark.slow
 def test_adaptive_default_stays_quiet_and_counts_products(tmp_path, caplog):
     rows, warnings = _rows(tmp_path / "adaptive", caplog)
     assert not warnings and all(r["solver_flagged"] == 0 for r in rows)

@@ -5,14 +5,9 @@ import pytest
 
 from spark_tpu import algorithms, simulator
 
-BASE = dict(
-    dataset="digits", clients=8, samples_per_client=16, rounds=3, degree=3, graph_pool=4,
-    local_eval_samples=100, horizons=(4, 8, 16), devices=4, lr=0.05,
-)
 
-
-def _final_params(algorithm, **kw):
-    sim = simulator.Simulation(simulator.Config(algorithm=algorithm, **{**BASE, **kw}))
+def _final_params(settings, algorithm, **kw):
+    sim = simulator.Simulation(simulator.Config(algorithm=algorithm, **{**settings, **kw}))
     sim.advance(3)
     return sim
 
@@ -20,33 +15,43 @@ def _final_params(algorithm, **kw):
 def _start(sim):
     import jax
 
-    return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x)[None], (BASE["clients"],) + x.shape),
+    q = sim.cfg.clients
+    return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x)[None], (q,) + x.shape),
                         sim.setup.params)
 
 
-def _flat(params):
+def _flat(params, q):
     import jax
 
     leaves = jax.tree.leaves(params)
-    return np.concatenate([np.asarray(x)[: BASE["clients"]].reshape(BASE["clients"], -1) for x in leaves], 1)
+    return np.concatenate([np.asarray(x)[:q].reshape(q, -1) for x in leaves], 1)
+
+
+@pytest.fixture(scope="module")
+def ntk_dfl(spark_settings):
+    """The NTK-DFL run every SPARK variant at λ = μ = 0 is compared with (computed once)."""
+    return _final_params(spark_settings, "ntk_dfl")
 
 
 @pytest.mark.parametrize("options", [(), (("momentum", "heavy_ball"),), (("buffer", "gossip"),)])
-def test_spark_with_zero_lambda_and_mu_is_ntk_dfl(options):
-    ntk = _final_params("ntk_dfl")
-    spark = _final_params("spark", spark_stages="0: lam=0, mu=0", spark_options=options)
+def test_spark_with_zero_lambda_and_mu_is_ntk_dfl(spark_settings, ntk_dfl, options):
+    q = spark_settings["clients"]
+    spark = _final_params(spark_settings, "spark", spark_stages="0: lam=0, mu=0",
+                          spark_options=options)
     # The same arithmetic (λ = 0 and μ = 0 enter as exact zeros), compiled into a different XLA
     # program, so only float32 round-off may differ: parameters are O(0.1–1), moved by O(1e-2).
-    np.testing.assert_allclose(_flat(spark.state.params), _flat(ntk.state.params), atol=5e-7, rtol=0)
-    moved = np.abs(_flat(ntk.state.params) - _flat(_start(ntk))).max()
+    np.testing.assert_allclose(_flat(spark.state.params, q), _flat(ntk_dfl.state.params, q),
+                               atol=5e-7, rtol=0)
+    moved = np.abs(_flat(ntk_dfl.state.params, q) - _flat(_start(ntk_dfl), q)).max()
     assert moved > 1e-3
 
 
-def test_momentum_changes_the_trajectory_and_buffer_is_last_step():
-    plain = _final_params("spark", spark_stages="0: lam=0, mu=0")
-    heavy = _final_params("spark", spark_stages="0: lam=0, mu=0.9")
-    assert not np.allclose(_flat(plain.state.params), _flat(heavy.state.params))
-    assert np.abs(_flat(heavy.state.velocity)).max() > 0
+def test_momentum_changes_the_trajectory_and_buffer_is_last_step(spark_settings):
+    q = spark_settings["clients"]
+    plain = _final_params(spark_settings, "spark", spark_stages="0: lam=0, mu=0")
+    heavy = _final_params(spark_settings, "spark", spark_stages="0: lam=0, mu=0.9")
+    assert not np.allclose(_flat(plain.state.params, q), _flat(heavy.state.params, q))
+    assert np.abs(_flat(heavy.state.velocity, q)).max() > 0
 
 
 def test_schedule_values_and_annealing():
@@ -82,6 +87,6 @@ def test_bad_schedules_are_rejected_with_the_flag_named(text, words):
     assert words in str(e.value)
 
 
-def test_unknown_spark_option_names_the_flag():
+def test_unknown_spark_option_names_the_flag(spark_settings):
     with pytest.raises(ValueError, match="--spark=teacher=nobody"):
-        _final_params("spark", spark_options=(("teacher", "nobody"),))
+        _final_params(spark_settings, "spark", spark_options=(("teacher", "nobody"),))
