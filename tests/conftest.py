@@ -159,13 +159,17 @@ FAST_SUBSET = {
     "test_ntk_kernel.py::test_structured_kernel_equals_materialized": (
         "float64-1e-10-mlp1", "float32-1e-05-ntk_tanh",
     ),
-    "test_ntk_kernel.py::test_jacobian_transpose_product_equals_explicit": ("mlp3",),
+    "test_ntk_kernel.py::test_jacobian_transpose_product_equals_explicit": (
+        "mlp3-float64-1e-10-0.0", "mlp3-float32-0.0-1e-05",
+    ),
     # the highest order, the shortest stride, one Chebyshev method, the adaptive default
     "test_ntk_solver.py::test_convergence_order": ("rk4-4",),
-    "test_ntk_solver.py::test_strided_solver_matches_dop853_at_every_grid_point": ("2-0.0001",),
+    "test_ntk_solver.py::test_strided_solver_matches_dop853_at_every_grid_point": (
+        "2-0.0001-float64", "2-0.0001-float32",
+    ),
     "test_ntk_solver.py::test_chebyshev_solvers_stay_stable_at_long_strides": ("rkc4-8-0.002",),
     "test_ntk_solver.py::test_adaptive_solver_matches_dop853_at_every_grid_point": (
-        "digits_problem",
+        "digits_problem-float64", "digits_problem-float32",
     ),
     "test_projection_spark.py::test_hand_sizes_match_the_projection": ("kronecker-200",),
 }
