@@ -77,6 +77,7 @@ def test_history_metrics_summary_and_state():
     assert leaves and all(leaf.shape[0] == 4 for leaf in leaves)
 
 
+@pytest.mark.slow  # whole simulations; test_history and the graph sequence keep the API in the fast tier
 def test_own_model_own_data_and_own_partition():
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(3, 5)) * 3
@@ -107,6 +108,7 @@ def test_own_model_own_data_and_own_partition():
     assert h["aggregated_acc"][-1] > 0.5  # separable blobs: well above chance (1/3)
 
 
+@pytest.mark.slow  # whole simulations; test_history and the graph sequence keep the API in the fast tier
 def test_callbacks_are_called_in_order():
     calls = []
 
@@ -129,6 +131,7 @@ def test_callbacks_are_called_in_order():
     assert calls == ["start", "chunk1", "chunk2", "chunk3", "finish", "close"]
 
 
+@pytest.mark.slow  # whole simulations; test_history and the graph sequence keep the API in the fast tier
 def test_an_algorithm_by_import_path_with_its_own_options():
     cfg = simulator.Config(algorithm="api_plugin:offset_spec", dataset="two_moons", topology="ring",
                            algorithm_options=(("step", "0.5"),), **TINY)

@@ -63,7 +63,9 @@ def _prism() -> np.ndarray:
     return a
 
 
-@pytest.mark.parametrize("devices,graph", [(1, "ring"), (2, "ring"), (2, "prism")])
+@pytest.mark.parametrize("devices,graph", [
+    (1, "ring"), pytest.param(2, "ring", marks=pytest.mark.slow),
+    pytest.param(2, "prism", marks=pytest.mark.slow)])
 def test_gradient_tracking_is_diging_in_float64(devices, graph):
     adjacency = topology.ring(4) if graph == "ring" else _prism()
     q, d, c, lr, rounds = len(adjacency), 3, 3, 0.5, 3
@@ -100,6 +102,7 @@ def test_gradient_tracking_is_diging_in_float64(devices, graph):
     assert np.abs(w - np.asarray(model.w)[None]).max() > 1e-2  # the rounds moved the models
 
 
+@pytest.mark.slow  # whole simulations; the float64 DIGing check stays fast
 def test_gradient_tracking_tracks_the_average_gradient():
     """Σ_q y_q = Σ_q g_q after every round (the tracking invariant), with minibatches."""
     h = spark_tpu.simulate(gradient_tracking.SPEC, "linear", "two_moons", "ring", rounds=3,
@@ -110,7 +113,7 @@ def test_gradient_tracking_tracks_the_average_gradient():
     assert (h["bytes_per_client"] > 0).all()
 
 
-# Small arguments per example: every script runs end to end in CI (custom_data is the fast one).
+# Small arguments per example: every script runs end to end in CI (make test; subprocesses, so slow).
 RUNS = {
     "custom_data": ["--rounds=2", "--clients=4"],
     "gradient_tracking": ["--small", "--rounds=3", "--eval_every=3", "--samples_per_client=20"],
@@ -120,7 +123,7 @@ RUNS = {
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=[] if n == "custom_data" else [pytest.mark.slow]) for n in RUNS]
+    "name", [pytest.param(n, marks=[pytest.mark.slow]) for n in RUNS]  # subprocesses
 )
 def test_example_runs(name, tmp_path):
     args = RUNS[name] + (["--out", str(tmp_path / "out.json")] if name == "gradient_tracking" else [])
@@ -216,6 +219,7 @@ def test_every_example_is_listed_and_the_checker_catches_private_names():
                              "spark_tpu.simulate, data.from_arrays, spark_tpu.gossip.mix")
 
 
+@pytest.mark.slow  # whole simulations; the float64 DIGing check stays fast
 def test_an_ntk_method_trains_a_module_that_is_not_the_packages():
     """docs/extending.md §3: any Equinox module works with the NTK methods (generic kernel)."""
     rng = np.random.default_rng(1)

@@ -41,6 +41,7 @@ def registered():
 
 
 @pytest.mark.parametrize("names", [NAMES, PATHS], ids=["registered", "import_path"])
+@pytest.mark.slow  # one simulation per registry; the Config and error checks stay fast
 def test_simulate_runs_on_the_users_model_data_graph_and_partition(names):
     _plugins.CALLS.clear()
     h = spark_tpu.simulate("dgd", names["model"], names["data"], names["graph"],
