@@ -40,7 +40,9 @@ def define_flags() -> None:
     flags.DEFINE_list("alphas", ["0.05", "0.1", "iid"], "Dirichlet α values, or 'iid'.")
     flags.DEFINE_list("rounds_at", ["0", "1", "5", "15"], "Training rounds audited.")
     flags.DEFINE_list(
-        "solvers", ["adaptive", "rk4/4", "rk4/1"], "Solvers under test: adaptive, or NAME/STRIDE."
+        "solvers", ["adaptive", "exponential", "rk4/4", "rk4/1"],
+        "Solvers under test: adaptive, exponential (optionally with options: "
+        "exponential:rank=4:rtol=5e-6), or NAME/STRIDE."
     )
     flags.DEFINE_integer("reference_substeps", 1, "Reference substeps per interval.")
     flags.DEFINE_integer("devices", 2, "Emulated CPU devices of the training runs.")
@@ -54,10 +56,17 @@ ETA0, DECAY = 0.01, 0.07
 
 
 def _solver_options(name: str) -> dict:
-    if name == "adaptive":
-        return {"solver": "adaptive"}
-    solver, stride = name.split("/")
-    return {"solver": solver, "stride": int(stride)}
+    """``adaptive`` or ``exponential``, optionally with options (``exponential:rank=4:rtol=5e-6``),
+    or ``NAME/STRIDE`` for a fixed-step solver."""
+    if "/" in name:
+        solver, stride = name.split("/")
+        return {"solver": solver, "stride": int(stride)}
+    solver, *pairs = name.split(":")
+    options = {"solver": solver}
+    for pair in pairs:
+        key, value = pair.split("=")
+        options[key] = float(value) if key == "rtol" else int(value)
+    return options
 
 
 def _neighbourhoods(sim, cfg):
