@@ -92,7 +92,8 @@ def _neighbourhoods(sim, cfg):
 
 @functools.lru_cache(maxsize=None)
 def _solver_fn(model, classes: int, dtype_name: str, options: tuple):
-    """A jitted ``(w̄, x, y, η) -> (Δw_τ for all τ, τ*, products, flagged)`` in `dtype_name`."""
+    """A jitted ``(w̄, x, y, η[, mask]) -> (Δw_τ for all τ, τ*, products, flagged)`` in
+    `dtype_name`; masked rows (padding) are left out of the kernel, the flow and the loss."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -102,31 +103,41 @@ def _solver_fn(model, classes: int, dtype_name: str, options: tuple):
     dtype = jnp.dtype(dtype_name)
 
     @jax.jit
-    def solve(avg, x, y, eta):
+    def solve(avg, x, y, eta, mask=None):
         net = eqx.combine(jax.tree.map(lambda a: a.astype(dtype), avg), model.static)
         xs = x.astype(dtype)
         params, apply = ntk.batched_forward(net)
         f0, vjp_fn = jax.vjp(lambda p: apply(p, xs), params)
-        kernel = ntk.trace_kernel(net, xs).astype(dtype)
-        obj = ntk.cross_entropy(jax.nn.one_hot(y, classes, dtype=dtype))
+        kernel = ntk.trace_kernel(net, xs, mask).astype(dtype)
+        obj = ntk.cross_entropy(jax.nn.one_hot(y, classes, dtype=dtype), mask)
+        n = len(y) if mask is None else jnp.sum(mask).astype(dtype)
         eta = eta.astype(dtype)
         sol = ntk.solve_function_space(
-            kernel, f0, obj.residual, eta=eta, horizons=HORIZONS, num_samples=len(y),
+            kernel, f0, obj.residual, eta=eta, horizons=HORIZONS, num_samples=n,
             **dict(options),
         )  # fmt: skip
-        dw = ntk.weight_steps(vjp_fn, sol.residual_sums, eta=eta, num_samples=len(y))
+        dw = ntk.weight_steps(vjp_fn, sol.residual_sums, eta=eta, num_samples=n)
         tau, _ = ntk.select_horizon(params, apply, xs, dw, obj)
         return dw, tau, sol.products, sol.flagged
 
     return solve
 
 
-def _audit_client(model, avg, x, y, eta, classes, solvers, ref_substeps):
+def _audit_client(model, avg, x, y, eta, classes, solvers, ref_substeps, pad_to=None):
+    """Every solver on one neighbourhood; with `pad_to`, rows are padded (masked) to that count
+    so that all neighbourhoods share one compiled shape (the same numbers: masked rows are zero
+    in the kernel and the residual)."""
     import jax
+
+    mask = None
+    if pad_to is not None:
+        mask = np.arange(pad_to) < len(y)
+        x = np.concatenate([x, np.zeros((pad_to - len(y), *x.shape[1:]), x.dtype)])
+        y = np.concatenate([y, np.zeros(pad_to - len(y), y.dtype)])
 
     def solve(dtype_name, options):
         fn = _solver_fn(model, classes, dtype_name, tuple(sorted(options.items())))
-        dw, tau, products, flagged = fn(avg, x, y, np.float64(eta))
+        dw, tau, products, flagged = fn(avg, x, y, np.float64(eta), mask)
         leaves = [np.asarray(v, np.float64) for v in jax.tree.leaves(dw)]
         return leaves, int(tau), int(products), bool(flagged)
 
@@ -207,8 +218,9 @@ def main(argv) -> None:
                 kernel = np.asarray(ntk.trace_kernel(net, x.astype(np.float64)))
                 stiffness = float(np.linalg.eigvalsh(kernel)[-1]) * eta / len(y)
                 solved = _audit_client(
-                    sim.setup.model, avg, x, y, eta, classes, FLAGS.solvers, FLAGS.reference_substeps
-                )
+                    sim.setup.model, avg, x, y, eta, classes, FLAGS.solvers,
+                    FLAGS.reference_substeps, pad_to=(cfg.degree + 1) * samples,
+                )  # fmt: skip
                 rows.append({"alpha": alpha, "round": at, "client": q, "stiffness": stiffness,
                              "solvers": solved})  # fmt: skip
                 line = "  ".join(f"{k} {v['max_rel_err_dw']:.1e}/{v['products']}"
