@@ -202,7 +202,7 @@ def main(argv) -> None:
         cfg = simulator.Config(
             algorithm="ntk_dfl", clients=clients, samples_per_client=samples,
             partition="iid" if iid else "dirichlet", alpha=1.0 if iid else float(alpha),
-            topology="regular", degree=5, rounds=max(rounds_at), devices=FLAGS.devices,
+            topology="regular", degree=5, rounds=max(1, *rounds_at), devices=FLAGS.devices,
             seed=FLAGS.seed, eval_every=1,
         )  # fmt: skip
         sim = simulator.Simulation(cfg)
