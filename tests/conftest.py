@@ -62,6 +62,7 @@ SLOW = (
     "test_ntk_projection.py::test_projection_equals_explicit_j_times_p[kronecker-cnn]",
     "test_ntk_projection.py::test_projection_equals_explicit_j_times_p[kronecker-mlp]",
     "test_ntk_solver.py::test_default_solver_matches_dop853_at_reference_stiffness",
+    "test_ntk_solver.py::test_exponential_solver_vmaps_over_clients",
     "test_ntk_step.py::test_batch_map_strategies_agree",
     "test_ntk_step.py::test_euler_step_of_linear_model_is_gradient_descent",
     "test_ntk_step.py::test_mse_closed_form_step_and_materialized_kernel_option",
