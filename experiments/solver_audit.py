@@ -15,7 +15,7 @@ substeps per grid interval): relative error per horizon (max over horizons per c
 Two more columns separate the solver from float32: each solver's error when it runs in float64
 (its own discretization error), and the float32 floor, the reference's method run in float32
 (round-off of the kernel, the flow and the VJP, whatever the solver).
-Writes experiments/results/solver_audit.json (every client row and the per-solver distribution:
+Writes experiments/results/solver_audit/solver_audit.json (every client row and the per-solver distribution:
 max, 99th percentile, median) and prints the table.
 """
 
@@ -40,13 +40,15 @@ def define_flags() -> None:
     flags.DEFINE_list("alphas", ["0.05", "0.1", "iid"], "Dirichlet α values, or 'iid'.")
     flags.DEFINE_list("rounds_at", ["0", "1", "5", "15"], "Training rounds audited.")
     flags.DEFINE_list(
-        "solvers", ["adaptive", "rk4/4", "rk4/1"], "Solvers under test: adaptive, or NAME/STRIDE."
+        "solvers", ["adaptive", "exponential", "rk4/4", "rk4/1"],
+        "Solvers under test: adaptive, exponential (optionally with options: "
+        "exponential:rank=4:rtol=5e-6), or NAME/STRIDE."
     )
     flags.DEFINE_integer("reference_substeps", 1, "Reference substeps per interval.")
     flags.DEFINE_integer("devices", 2, "Emulated CPU devices of the training runs.")
     flags.DEFINE_integer("seed", 0, "Seed of partitions, graphs and models.")
     flags.DEFINE_bool("small", False, "12 clients × 40, α = 0.1, rounds 0 and 1.")
-    flags.DEFINE_string("out", "experiments/results/solver_audit.json", "Result file.")
+    flags.DEFINE_string("out", "experiments/results/solver_audit/solver_audit.json", "Result file.")
 
 
 HORIZONS = (100, 200, 400, 600, 800)
@@ -54,10 +56,17 @@ ETA0, DECAY = 0.01, 0.07
 
 
 def _solver_options(name: str) -> dict:
-    if name == "adaptive":
-        return {"solver": "adaptive"}
-    solver, stride = name.split("/")
-    return {"solver": solver, "stride": int(stride)}
+    """``adaptive`` or ``exponential``, optionally with options (``exponential:rank=4:rtol=5e-6``),
+    or ``NAME/STRIDE`` for a fixed-step solver."""
+    if "/" in name:
+        solver, stride = name.split("/")
+        return {"solver": solver, "stride": int(stride)}
+    solver, *pairs = name.split(":")
+    options = {"solver": solver}
+    for pair in pairs:
+        key, value = pair.split("=")
+        options[key] = float(value) if key == "rtol" else int(value)
+    return options
 
 
 def _neighbourhoods(sim, cfg):
@@ -83,7 +92,8 @@ def _neighbourhoods(sim, cfg):
 
 @functools.lru_cache(maxsize=None)
 def _solver_fn(model, classes: int, dtype_name: str, options: tuple):
-    """A jitted ``(w̄, x, y, η) -> (Δw_τ for all τ, τ*, products, flagged)`` in `dtype_name`."""
+    """A jitted ``(w̄, x, y, η[, mask]) -> (Δw_τ for all τ, τ*, products, flagged)`` in
+    `dtype_name`; masked rows (padding) are left out of the kernel, the flow and the loss."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -93,31 +103,41 @@ def _solver_fn(model, classes: int, dtype_name: str, options: tuple):
     dtype = jnp.dtype(dtype_name)
 
     @jax.jit
-    def solve(avg, x, y, eta):
+    def solve(avg, x, y, eta, mask=None):
         net = eqx.combine(jax.tree.map(lambda a: a.astype(dtype), avg), model.static)
         xs = x.astype(dtype)
         params, apply = ntk.batched_forward(net)
         f0, vjp_fn = jax.vjp(lambda p: apply(p, xs), params)
-        kernel = ntk.trace_kernel(net, xs).astype(dtype)
-        obj = ntk.cross_entropy(jax.nn.one_hot(y, classes, dtype=dtype))
+        kernel = ntk.trace_kernel(net, xs, mask).astype(dtype)
+        obj = ntk.cross_entropy(jax.nn.one_hot(y, classes, dtype=dtype), mask)
+        n = len(y) if mask is None else jnp.sum(mask).astype(dtype)
         eta = eta.astype(dtype)
         sol = ntk.solve_function_space(
-            kernel, f0, obj.residual, eta=eta, horizons=HORIZONS, num_samples=len(y),
+            kernel, f0, obj.residual, eta=eta, horizons=HORIZONS, num_samples=n,
             **dict(options),
         )  # fmt: skip
-        dw = ntk.weight_steps(vjp_fn, sol.residual_sums, eta=eta, num_samples=len(y))
+        dw = ntk.weight_steps(vjp_fn, sol.residual_sums, eta=eta, num_samples=n)
         tau, _ = ntk.select_horizon(params, apply, xs, dw, obj)
         return dw, tau, sol.products, sol.flagged
 
     return solve
 
 
-def _audit_client(model, avg, x, y, eta, classes, solvers, ref_substeps):
+def _audit_client(model, avg, x, y, eta, classes, solvers, ref_substeps, pad_to=None):
+    """Every solver on one neighbourhood; with `pad_to`, rows are padded (masked) to that count
+    so that all neighbourhoods share one compiled shape (the same numbers: masked rows are zero
+    in the kernel and the residual)."""
     import jax
+
+    mask = None
+    if pad_to is not None:
+        mask = np.arange(pad_to) < len(y)
+        x = np.concatenate([x, np.zeros((pad_to - len(y), *x.shape[1:]), x.dtype)])
+        y = np.concatenate([y, np.zeros(pad_to - len(y), y.dtype)])
 
     def solve(dtype_name, options):
         fn = _solver_fn(model, classes, dtype_name, tuple(sorted(options.items())))
-        dw, tau, products, flagged = fn(avg, x, y, np.float64(eta))
+        dw, tau, products, flagged = fn(avg, x, y, np.float64(eta), mask)
         leaves = [np.asarray(v, np.float64) for v in jax.tree.leaves(dw)]
         return leaves, int(tau), int(products), bool(flagged)
 
@@ -182,7 +202,7 @@ def main(argv) -> None:
         cfg = simulator.Config(
             algorithm="ntk_dfl", clients=clients, samples_per_client=samples,
             partition="iid" if iid else "dirichlet", alpha=1.0 if iid else float(alpha),
-            topology="regular", degree=5, rounds=max(rounds_at), devices=FLAGS.devices,
+            topology="regular", degree=5, rounds=max(1, *rounds_at), devices=FLAGS.devices,
             seed=FLAGS.seed, eval_every=1,
         )  # fmt: skip
         sim = simulator.Simulation(cfg)
@@ -198,8 +218,9 @@ def main(argv) -> None:
                 kernel = np.asarray(ntk.trace_kernel(net, x.astype(np.float64)))
                 stiffness = float(np.linalg.eigvalsh(kernel)[-1]) * eta / len(y)
                 solved = _audit_client(
-                    sim.setup.model, avg, x, y, eta, classes, FLAGS.solvers, FLAGS.reference_substeps
-                )
+                    sim.setup.model, avg, x, y, eta, classes, FLAGS.solvers,
+                    FLAGS.reference_substeps, pad_to=(cfg.degree + 1) * samples,
+                )  # fmt: skip
                 rows.append({"alpha": alpha, "round": at, "client": q, "stiffness": stiffness,
                              "solvers": solved})  # fmt: skip
                 line = "  ".join(f"{k} {v['max_rel_err_dw']:.1e}/{v['products']}"

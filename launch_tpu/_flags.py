@@ -63,7 +63,9 @@ flags.DEFINE_float("participation", _D.participation, "Fraction of clients sampl
 flags.DEFINE_list("horizons", [str(h) for h in _D.horizons], "NTK evolution horizons τ.")
 flags.DEFINE_string(
     "solver", _D.solver, "Function-space solver: adaptive (default: error-controlled RK4, steps "
-    "chosen per client; max error of the weight step ~5e-5, experiments/solver_audit.py), or a "
+    "chosen per client; max error of the weight step ~5e-5, experiments/solver_audit.py), "
+    "exponential (error-controlled exponential RK with the stiff eigenspace of the kernel "
+    "integrated exactly: about a quarter of adaptive's kernel products), or a "
     "fixed step: rk4, bosh3, dopri5, midpoint, euler (discrete GD of the linearized model), "
     "rkc4/rkc6 (Runge–Kutta–Chebyshev, 2nd order: longer stable --solver_stride).",
 )

@@ -102,6 +102,7 @@ SLOW = (
     "test_ntk_solver.py::test_fixed_stride_blows_up_on_stiff_neighbourhood_and_says_so",
     "test_ntk_solver.py::test_solver_vmaps_over_clients_and_validates",
     "test_ntk_solver.py::test_strided_solver_fails_visibly_when_too_coarse",
+    "test_ntk_solver.py::test_exponential_solver_vmaps_over_clients",
     "test_ntk_step.py::test_batch_map_strategies_agree",
     "test_ntk_step.py::test_linearized_selection_scores_f0_plus_explicit_j_delta",
     "test_ntk_step.py::test_mse_closed_form_step_and_materialized_kernel_option",

@@ -4,7 +4,8 @@ Fashion-MNIST, 30 clients × 100 samples, per-client Dirichlet α = 0.05, seed 0
 graph of the run's pool, the MLP at its initialization: client 21's pooled neighbourhood (Ñ = 600,
 η·λ_max(K)/Ñ = 3.7). The old default solver (rk4, stride 4) leaves RK4's stability region there
 (a weight-step error of ~1 against a float64 rk4 reference at one step per grid interval, and it
-is flagged); the adaptive default stays within 1e-4. Skipped without the Debian data package.
+is flagged); the adaptive default and the exponential solver stay within 1e-4. Skipped without
+the Debian data package.
 """
 
 import os
@@ -51,3 +52,5 @@ def test_old_default_fails_and_adaptive_holds_on_hardest_real_neighbourhood(tmp_
     new, new_flagged = weight_steps("float32", solver="adaptive")
     assert not error(old) <= 1e-2 and old_flagged
     assert error(new) <= 1e-4 and not new_flagged
+    exponential, _ = weight_steps("float32", solver="exponential")
+    assert error(exponential) <= 1e-4  # the audit: 1.2e-5 (adaptive 3.7e-5)

@@ -17,7 +17,9 @@ from ._projection import projected_trace_kernel as projected_trace_kernel
 from ._schedule import lr_schedule as lr_schedule
 from ._adaptive import AdaptiveStats as AdaptiveStats
 from ._adaptive import solve_adaptive as solve_adaptive
+from ._exponential import solve_exponential as solve_exponential
 from ._solver import ADAPTIVE as ADAPTIVE
+from ._solver import EXPONENTIAL as EXPONENTIAL
 from ._solver import FLAG_TOLERANCE as FLAG_TOLERANCE
 from ._solver import TABLEAUX as TABLEAUX
 from ._solver import rkc_tableau as rkc_tableau

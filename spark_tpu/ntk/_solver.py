@@ -41,6 +41,13 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._adaptive import DEFAULT_MAX_STRIDE, DEFAULT_RTOL, _RESIDUAL_FLOOR, _rms, hermite, solve_adaptive
+from ._exponential import (
+    DEFAULT_EXP_MAX_STRIDE,
+    DEFAULT_EXP_RTOL,
+    DEFAULT_KRYLOV_DEPTH,
+    DEFAULT_RANK,
+    solve_exponential,
+)
 
 _PRECISION = jax.lax.Precision.HIGHEST
 
@@ -107,12 +114,13 @@ TABLEAUX["rkc6"] = rkc_tableau(6)  # to h·λ ≈ 23
 DEFAULT_WARMUP_STEPS = 8
 DEFAULT_STRIDE_FROM = 32
 ADAPTIVE = "adaptive"
+EXPONENTIAL = "exponential"  # error-controlled exponential RK, stiff eigenspace deflated
 # A strided step whose residual error estimate (relative, as in `solve_adaptive`) exceeds this
 # has left the method's accuracy region; past the stability boundary the estimate grows
 # geometrically, so it is what an unstable fixed step looks like.
 FLAG_TOLERANCE = 1e-3
 _UNKNOWN_SOLVER = (
-    "Unknown solver {name!r}; choose one of {choices} (or 'adaptive', 'mse_closed_form')."
+    "Unknown solver {name!r}; choose one of {choices} (or 'adaptive', 'exponential', 'mse_closed_form')."
 )
 
 
@@ -316,8 +324,10 @@ def solve_function_space(
     warmup_substeps: int = 4,
     stride: int = 1,
     stride_from: int = DEFAULT_STRIDE_FROM,
-    rtol: float = DEFAULT_RTOL,
-    max_stride: int = DEFAULT_MAX_STRIDE,
+    rtol: float | None = None,
+    max_stride: int | None = None,
+    rank: int = DEFAULT_RANK,
+    krylov_depth: int = DEFAULT_KRYLOV_DEPTH,
 ) -> FunctionSpaceSolution:
     """Integrates the kernel flow on the grid ``s_t = t·η`` and sums residuals per horizon.
 
@@ -329,7 +339,10 @@ def solve_function_space(
         horizons: static tuple of integer horizons T (grid steps); order is kept.
         num_samples: Ñ, the number of unmasked rows; may be traced.
         solver: ``"adaptive"`` (error-controlled RK4, `solve_adaptive`; uses only `rtol` and
-            `max_stride` of the options below) or a key of `TABLEAUX` (fixed steps).
+            `max_stride` of the options below), ``"exponential"`` (error-controlled
+            exponential RK with the top-`rank` eigenspace of K integrated exactly,
+            `solve_exponential`; `rtol`, `max_stride`, `rank`, `krylov_depth`) or a key of
+            `TABLEAUX` (fixed steps).
         substeps: static number of equal solver steps per grid interval.
         warmup_steps: the first grid intervals take ``max(warmup_substeps, substeps)`` steps
             each, resolving the stiff initial transient (the largest error source). None: 0 for
@@ -346,23 +359,34 @@ def solve_function_space(
             Whether a strided step stayed accurate is checked by its local error estimate
             (free: it uses the step's stages and end slope); ``flagged`` reports a step whose
             estimate exceeded `FLAG_TOLERANCE`, which is what leaving the stability region does.
-        rtol, max_stride: tolerance and longest step (grid intervals) of ``"adaptive"``.
+        rtol, max_stride: tolerance and longest step (grid intervals) of ``"adaptive"`` and
+            ``"exponential"``; None: each solver's default (1e-5 and 8, 1e-5 and 64).
+        rank, krylov_depth: deflated Ritz pairs of K and the Krylov blocks (kernel products)
+            that find them, for ``"exponential"``.
 
     Returns:
         A `FunctionSpaceSolution`.
     """
     horizons = check_horizons(horizons)
-    if solver == ADAPTIVE:
+    if solver in (ADAPTIVE, EXPONENTIAL):
         fixed = {"substeps": substeps, "warmup_steps": warmup_steps, "stride": stride}
         if (substeps, warmup_steps, stride) != (1, None, 1):
             raise ValueError(
-                f"solver='adaptive' chooses its own steps; {fixed} are options of the fixed-step "
+                f"solver={solver!r} chooses its own steps; {fixed} are options of the fixed-step "
                 "solvers (e.g. solver='rk4')."
             )
-        sums, logits, final, stats = solve_adaptive(
-            kernel, f0, residual, eta=eta, horizons=horizons, num_samples=num_samples,
-            rtol=rtol, max_stride=max_stride,
-        )  # fmt: skip
+        common = dict(eta=eta, horizons=horizons, num_samples=num_samples)
+        if solver == ADAPTIVE:
+            sums, logits, final, stats = solve_adaptive(
+                kernel, f0, residual, **common, rtol=DEFAULT_RTOL if rtol is None else rtol,
+                max_stride=DEFAULT_MAX_STRIDE if max_stride is None else max_stride,
+            )  # fmt: skip
+        else:
+            sums, logits, final, stats = solve_exponential(
+                kernel, f0, residual, **common, rtol=DEFAULT_EXP_RTOL if rtol is None else rtol,
+                max_stride=DEFAULT_EXP_MAX_STRIDE if max_stride is None else max_stride,
+                rank=rank, krylov_depth=krylov_depth,
+            )  # fmt: skip
         return FunctionSpaceSolution(sums, logits, final, stats.products, jnp.asarray(False))
     tableau = get_tableau(solver)
     ph = _phases(horizons, solver, substeps, warmup_steps, warmup_substeps, stride, stride_from)

@@ -16,8 +16,11 @@ MODELS = models.MODELS.names()  # see `models.register`
 # Options of the seeded partitions that --partition=file (a fixed split) does not read.
 DRAWN_PARTITION_OPTIONS = ("alpha", "shards_per_client", "samples_per_client")
 LOSSES = ("ce", "mse")
-# "adaptive" (error-controlled RK4) or a fixed-step key of spark_tpu.ntk.TABLEAUX
-SOLVERS = ("adaptive", "rk4", "bosh3", "dopri5", "midpoint", "euler", "rkc4", "rkc6")
+# "adaptive" (error-controlled RK4), "exponential" (error-controlled exponential RK, the stiff
+# eigenspace of K deflated) or a fixed-step key of spark_tpu.ntk.TABLEAUX
+SOLVERS = (
+    "adaptive", "exponential", "rk4", "bosh3", "dopri5", "midpoint", "euler", "rkc4", "rkc6",
+)
 TAU_SELECTIONS = ("pooled", "linearized")  # how the NTK step picks τ* (algorithms.selection_bytes)
 # The label of a model, partition or graph given as an object to `spark_tpu.simulate`.
 CUSTOM = "custom"
@@ -154,10 +157,10 @@ class Config:
         _positive("--rounds", self.rounds)
         _positive("--solver_stride", self.solver_stride)
         _choice("--solver", self.solver, SOLVERS)
-        if self.solver_stride != 1 and self.solver in ("adaptive", "euler"):
+        if self.solver_stride != 1 and self.solver in ("adaptive", "exponential", "euler"):
             raise ValueError(
                 f"--solver_stride={self.solver_stride} with --solver={self.solver}: "
-                + ("the adaptive solver chooses its own steps" if self.solver == "adaptive" else
+                + (f"the {self.solver} solver chooses its own steps" if self.solver != "euler" else
                    "euler is discrete gradient descent, one step per grid interval")
                 + "; drop --solver_stride, or pick a fixed-step solver such as --solver=rk4."
             )
