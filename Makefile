@@ -23,7 +23,7 @@ test: setup
 	  || echo "dataset-fashion-mnist unavailable: the real-data tests will be skipped."
 	$(PYTHON) -m pytest -n 2 --dist loadfile -q
 
-# The fast tier (539 of 846 tests, 1 min 29 s on the idle 2-core machine, see README): everything
+# The fast tier (668 of 1057 tests; timings in the README): everything
 # but the tests marked slow (tests/conftest.py).
 test-fast: setup
 	$(PYTHON) -m pytest -n 2 --dist loadfile -q -m "not slow"
