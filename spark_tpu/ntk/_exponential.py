@@ -49,8 +49,12 @@ from ._adaptive import UNITS, _RESIDUAL_FLOOR, AdaptiveStats, _rms
 
 _PRECISION = jax.lax.Precision.HIGHEST
 DEFAULT_EXP_RTOL = 1e-5
-DEFAULT_EXP_MAX_STRIDE = 64  # steps are accuracy-limited: 20-60 grid intervals late in the flow
-DEFAULT_RANK = 8  # deflated eigenpairs: λ_9/λ_1 ≈ 0.03-0.07 on Fashion-MNIST neighbourhoods
+# Wall time, not products, chose these two (benchmarks/results/bench_ntk_exponential_options.json):
+# every step also evaluates the residual at max_stride + 1 dense points and eigendecomposes a
+# rank·C-dimensional matrix, so rank 4 and steps of at most 32 grid intervals (~20% more kernel
+# products than rank 8 and 64) were ~2× faster on real Ñ = 1200 neighbourhoods.
+DEFAULT_EXP_MAX_STRIDE = 32
+DEFAULT_RANK = 4  # deflated eigenpairs: λ_5/λ_1 = 0.075 on the neighbourhood of docs/ntk_step.md §8
 DEFAULT_KRYLOV_DEPTH = 3  # blocks of C vectors: a 3C-dimensional Krylov space for k Ritz pairs
 
 # A stage coefficient of an exponential method: Σ coeff · φ_p(c·hL), as ((coeff, p, c), ...).
@@ -234,7 +238,11 @@ def solve_exponential(
         _, lin = jax.linearize(residual_t, g)
         basis = jnp.broadcast_to(jnp.eye(classes, dtype=dtype)[:, :, None], (classes, classes, n))
         jac = jnp.moveaxis(jax.vmap(lin)(basis), 0, 1)  # [a, b, n]
-        m = jnp.einsum("ni,nj,abn->iajb", v, v, jac, precision=_PRECISION)
+        # M[i, a, j, b] = Σ_n v_ni v_nj D_abn as one [C², N] × [N, k²] matmul (an einsum of
+        # the three operands took 2.5× longer on CPU).
+        vv = (v[:, :, None] * v[:, None, :]).reshape(n, rank * rank)
+        m = jnp.matmul(jac.reshape(classes * classes, n), vv, precision=_PRECISION)
+        m = jnp.transpose(m.reshape(classes, classes, rank, rank), (2, 0, 3, 1))
         s = (root[:, None, None, None] * m * root[None, None, :, None]).reshape(
             rank * classes, rank * classes
         )
