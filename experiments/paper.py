@@ -37,7 +37,7 @@ flags.DEFINE_integer("devices", 0, "Devices (0: all accelerators, else 8 emulate
 flags.DEFINE_float("target_accuracy", 0.85, "Target accuracy for rounds/bytes-to-target.")
 flags.DEFINE_string("topology", "regular", "regular, ring or erdos_renyi.")
 flags.DEFINE_list("horizons", [], "NTK horizons (default: the reference 100,200,400,600,800).")
-flags.DEFINE_string("solver", "adaptive", "NTK function-space solver (adaptive, or fixed: rk4, rkc4, ...).")
+flags.DEFINE_string("solver", "auto", "NTK function-space solver (auto, adaptive, exponential, or fixed: rk4, rkc4, ...).")
 flags.DEFINE_integer("solver_stride", 1, "Fixed-step solvers: grid intervals per step after step 32.")
 flags.DEFINE_bool("small", False, "A seconds-long smoke version on CPU.")
 FLAGS = flags.FLAGS

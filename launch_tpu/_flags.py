@@ -62,10 +62,11 @@ flags.DEFINE_float("participation", _D.participation, "Fraction of clients sampl
                    "(fedavg, ntk_fl).")
 flags.DEFINE_list("horizons", [str(h) for h in _D.horizons], "NTK evolution horizons τ.")
 flags.DEFINE_string(
-    "solver", _D.solver, "Function-space solver: adaptive (default: error-controlled RK4, steps "
-    "chosen per client; max error of the weight step ~5e-5, experiments/solver_audit.py), "
-    "exponential (error-controlled exponential RK with the stiff eigenspace of the kernel "
-    "integrated exactly: about a quarter of adaptive's kernel products), or a "
+    "solver", _D.solver, "Function-space solver: auto (default: exponential from 512 pooled rows, "
+    "adaptive below; both error-controlled, steps chosen per client, weight-step errors within "
+    "1e-4 on every audited client, experiments/solver_audit.py), adaptive (RK4), "
+    "exponential (exponential RK with the stiff eigenspace of the kernel integrated exactly: "
+    "about a quarter of adaptive's kernel products), or a "
     "fixed step: rk4, bosh3, dopri5, midpoint, euler (discrete GD of the linearized model), "
     "rkc4/rkc6 (Runge–Kutta–Chebyshev, 2nd order: longer stable --solver_stride).",
 )

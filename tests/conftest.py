@@ -98,6 +98,7 @@ SLOW = (
     "test_ntk_projection.py::test_projection_equals_explicit_j_times_p[kronecker-cnn]",
     "test_ntk_projection.py::test_projection_equals_explicit_j_times_p[kronecker-mlp]",
     "test_ntk_solver.py::test_adaptive_solver_error_follows_its_tolerance",
+    "test_ntk_solver.py::test_auto_solver_is_exponential_from_512_rows_and_adaptive_below",
     "test_ntk_solver.py::test_default_solver_matches_dop853_at_reference_stiffness",
     "test_ntk_solver.py::test_fixed_stride_blows_up_on_stiff_neighbourhood_and_says_so",
     "test_ntk_solver.py::test_solver_vmaps_over_clients_and_validates",

@@ -353,7 +353,7 @@ def test_adaptive_solver_matches_dop853_at_every_grid_point(problem, request, dt
     the controller's error estimates sit nearer round-off and it took 1,025 products on the stiff
     problem against 717 in float64, when measured; only its accuracy is held to float64's.)"""
     problem = _as(request.getfixturevalue(problem), dtype)
-    errors, sol, ref, displacement = _grid_errors(problem, 160)
+    errors, sol, ref, displacement = _grid_errors(problem, 160, solver="adaptive")
     assert sol.logits.dtype == dtype
     assert max(errors) <= 1e-4, errors
     np.testing.assert_allclose(sol.final_logits, ref[-1], atol=1e-4 * displacement)
@@ -391,8 +391,31 @@ def test_exponential_solver_matches_dop853_at_every_grid_point(problem, request)
     errors, sol, ref, displacement = _grid_errors(prob, 160, solver="exponential")
     assert max(errors) <= 1e-4, errors
     np.testing.assert_allclose(sol.final_logits, ref[-1], atol=1e-4 * displacement)
-    adaptive = _solve(*prob, (160,))
+    adaptive = _solve(*prob, (160,), solver="adaptive")
     assert not sol.flagged and 0 < int(sol.products) < int(adaptive.products) / 2
+
+
+def test_auto_solver_is_exponential_from_512_rows_and_adaptive_below():
+    """The default, ``auto``, is the exponential solver on 512 pooled rows or more and the
+    adaptive one below (a kernel product is cheap there beside the exponential step's fixed
+    work): the same residual sums and kernel products as naming each, on a random PSD kernel
+    at 511 and 512 rows."""
+    from spark_tpu import ntk
+
+    assert ntk.AUTO_EXPONENTIAL_ROWS == 512
+    rng = np.random.default_rng(3)
+    for n, expected in ((511, "adaptive"), (512, "exponential")):
+        a = rng.normal(size=(n, 40)) / np.sqrt(40)
+        kernel = a @ a.T
+        f0 = rng.normal(size=(n, 4))
+        y = np.eye(4)[rng.integers(0, 4, n)]
+        eta = 2.0 * n / np.linalg.eigvalsh(kernel)[-1]
+        auto = _solve(kernel, f0, y, eta, (3, 12))
+        named = _solve(kernel, f0, y, eta, (3, 12), solver=expected)
+        other = _solve(kernel, f0, y, eta, (3, 12),
+                       solver={"adaptive": "exponential", "exponential": "adaptive"}[expected])
+        np.testing.assert_array_equal(auto.residual_sums, named.residual_sums)
+        assert int(auto.products) == int(named.products) != int(other.products)
 
 
 def test_exponential_solver_is_exact_on_a_linear_flow():
@@ -415,7 +438,7 @@ def test_exponential_solver_is_exact_on_a_linear_flow():
     sol = solve_function_space(
         jnp.asarray(kernel), jnp.asarray(f0), mse(jnp.asarray(y), jnp.asarray(mask)).residual,
         eta=eta, horizons=horizons, num_samples=n_valid, solver="exponential", rank=n,
-        krylov_depth=n // c,
+        krylov_depth=n // c, max_stride=64,
     )  # fmt: skip
     np.testing.assert_allclose(sol.residual_sums, exact.residual_sums, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(sol.logits, exact.logits, rtol=1e-9, atol=1e-10)

@@ -54,3 +54,5 @@ def test_old_default_fails_and_adaptive_holds_on_hardest_real_neighbourhood(tmp_
     assert error(new) <= 1e-4 and not new_flagged
     exponential, _ = weight_steps("float32", solver="exponential")
     assert error(exponential) <= 1e-4  # the audit: 1.2e-5 (adaptive 3.7e-5)
+    default, default_flagged = weight_steps("float32")  # auto: exponential at Ñ >= 512
+    assert error(default) <= 1e-4 and not default_flagged

@@ -218,7 +218,7 @@ def evolve_clients(
 
 def ntk_dfl(
     model: Model, *, num_classes: int, eta0: float = 0.01, lr_decay: float = 0.07,
-    horizons=(100, 200, 400, 600, 800), solver: str = "adaptive", loss: str = "ce",
+    horizons=(100, 200, 400, 600, 800), solver: str = "auto", loss: str = "ce",
     client_batch: int = 0, solver_stride: int = 1, buckets: tuple[int, int] | None = None,
     tau_selection: str = "pooled",
 ) -> Algorithm:

@@ -172,7 +172,7 @@ def ntk_fl_bytes(
 
 def ntk_fl(
     model: Model, *, num_clients: int, num_classes: int, participation: float = 0.07,
-    eta: float = 0.01, horizons=NTK_FL_HORIZONS, solver: str = "adaptive", loss: str = "ce",
+    eta: float = 0.01, horizons=NTK_FL_HORIZONS, solver: str = "auto", loss: str = "ce",
     replicate_server: bool = False, solver_stride: int = 1, tau_selection: str = "pooled",
 ) -> Algorithm:
     """NTK-FL (docs/ntk_fl.md §1) with a constant step η and the server step on one device.

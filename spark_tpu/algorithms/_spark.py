@@ -129,7 +129,7 @@ def _pool_with_teacher(
 def spark(
     model: Model, *, num_classes: int, stages: str | Schedule = "", rounds: int, options: dict | None = None,
     eta0: float = 0.01, lr_decay: float = 0.07, horizons=(100, 200, 400, 600, 800),
-    solver: str = "adaptive", loss: str = "ce", client_batch: int = 0, solver_stride: int = 1,
+    solver: str = "auto", loss: str = "ce", client_batch: int = 0, solver_stride: int = 1,
     buckets: tuple[int, int] | None = None, tau_selection: str = "pooled",
 ) -> Algorithm:
     """SPARK. Per round k, with (λ, T, μ) from the stage schedule at k:

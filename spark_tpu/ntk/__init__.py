@@ -19,6 +19,9 @@ from ._adaptive import AdaptiveStats as AdaptiveStats
 from ._adaptive import solve_adaptive as solve_adaptive
 from ._exponential import solve_exponential as solve_exponential
 from ._solver import ADAPTIVE as ADAPTIVE
+from ._solver import AUTO as AUTO
+from ._solver import AUTO_EXPONENTIAL_ROWS as AUTO_EXPONENTIAL_ROWS
+from ._solver import resolve_solver as resolve_solver
 from ._solver import EXPONENTIAL as EXPONENTIAL
 from ._solver import FLAG_TOLERANCE as FLAG_TOLERANCE
 from ._solver import TABLEAUX as TABLEAUX

@@ -6,8 +6,13 @@ For every horizon τ the solver returns the left Riemann sum ``r_τ = Σ_{t<τ} 
 (the cotangent of the weight step) and ``f(s_τ)``. One `lax.scan` runs over the grid; the running
 sum is snapshotted at the horizons, so memory is O(#horizons · N · C) whatever max(T) is.
 
-The default, ``"adaptive"``, chooses every step from an error estimate, per dataset
-(`solve_adaptive`, ``ntk/_adaptive.py``). The fixed-step methods are explicit Runge–Kutta tableaux
+The default, ``"auto"``, picks one of the two error-controlled solvers by the static number of
+pooled rows N: ``"exponential"`` (`solve_exponential`, ``ntk/_exponential.py``: the stiff
+eigenspace of K integrated exactly, about a quarter of the kernel products) from
+`AUTO_EXPONENTIAL_ROWS` rows, ``"adaptive"`` (error-controlled RK4, `solve_adaptive`,
+``ntk/_adaptive.py``) below, where a kernel product is cheap beside the exponential solver's
+per-step work (benchmarks/results/bench_solver_options.json). Both choose every step from an
+error estimate, per dataset. The fixed-step methods are explicit Runge–Kutta tableaux
 run by one engine (docs/style.md §7), with `substeps` equal steps per grid interval and a short
 warm-up of finer steps; with ``stride > 1`` each strided step's local error estimate is checked
 and a step past `FLAG_TOLERANCE` flags the solve (what leaving the stability region looks like):
@@ -115,12 +120,20 @@ DEFAULT_WARMUP_STEPS = 8
 DEFAULT_STRIDE_FROM = 32
 ADAPTIVE = "adaptive"
 EXPONENTIAL = "exponential"  # error-controlled exponential RK, stiff eigenspace deflated
+AUTO = "auto"  # exponential from AUTO_EXPONENTIAL_ROWS pooled rows, adaptive below
+# One client on real Fashion-MNIST neighbourhoods, 2-core CPU (bench_solver_options.json):
+# at Ñ ≈ 290 adaptive took 0.6-0.8× the exponential solver's time, at Ñ ≈ 580 1.2-1.6×,
+# at Ñ ≈ 1180 1.3-1.9×: the exponential step's fixed work (a rank·C eigendecomposition, the
+# dense output, ~200 XLA ops per step) is paid back by its 4× fewer kernel products from a few
+# hundred rows on.
+AUTO_EXPONENTIAL_ROWS = 512
 # A strided step whose residual error estimate (relative, as in `solve_adaptive`) exceeds this
 # has left the method's accuracy region; past the stability boundary the estimate grows
 # geometrically, so it is what an unstable fixed step looks like.
 FLAG_TOLERANCE = 1e-3
 _UNKNOWN_SOLVER = (
-    "Unknown solver {name!r}; choose one of {choices} (or 'adaptive', 'exponential', 'mse_closed_form')."
+    "Unknown solver {name!r}; choose one of {choices} (or 'auto', 'adaptive', 'exponential', "
+    "'mse_closed_form')."
 )
 
 
@@ -142,6 +155,19 @@ class FunctionSpaceSolution(NamedTuple):
     final_logits: Float[Array, "samples classes"]
     products: Int[Array, ""] | int = 0
     flagged: Bool[Array, ""] | bool = False
+
+
+def resolve_solver(solver: str, rows: int) -> str:
+    """The solver that runs for `solver` on ``rows`` pooled rows: ``"auto"`` is
+    ``"exponential"`` from `AUTO_EXPONENTIAL_ROWS` rows on and ``"adaptive"`` below; any other
+    name is itself.
+
+    >>> resolve_solver("auto", 1200), resolve_solver("auto", 120), resolve_solver("rk4", 1200)
+    ('exponential', 'adaptive', 'rk4')
+    """
+    if solver != AUTO:
+        return solver
+    return EXPONENTIAL if int(rows) >= AUTO_EXPONENTIAL_ROWS else ADAPTIVE
 
 
 def get_tableau(name: str) -> Tableau:
@@ -318,7 +344,7 @@ def solve_function_space(
     eta: ArrayLike,
     horizons: Sequence[int],
     num_samples: ArrayLike,
-    solver: str = ADAPTIVE,
+    solver: str = AUTO,
     substeps: int = 1,
     warmup_steps: int | None = None,
     warmup_substeps: int = 4,
@@ -338,7 +364,9 @@ def solve_function_space(
         eta: grid step η; may be traced.
         horizons: static tuple of integer horizons T (grid steps); order is kept.
         num_samples: Ñ, the number of unmasked rows; may be traced.
-        solver: ``"adaptive"`` (error-controlled RK4, `solve_adaptive`; uses only `rtol` and
+        solver: ``"auto"`` (default: `resolve_solver`, exponential from
+            `AUTO_EXPONENTIAL_ROWS` rows, else adaptive), ``"adaptive"`` (error-controlled
+            RK4, `solve_adaptive`; uses only `rtol` and
             `max_stride` of the options below), ``"exponential"`` (error-controlled
             exponential RK with the top-`rank` eigenspace of K integrated exactly,
             `solve_exponential`; `rtol`, `max_stride`, `rank`, `krylov_depth`) or a key of
@@ -360,7 +388,7 @@ def solve_function_space(
             (free: it uses the step's stages and end slope); ``flagged`` reports a step whose
             estimate exceeded `FLAG_TOLERANCE`, which is what leaving the stability region does.
         rtol, max_stride: tolerance and longest step (grid intervals) of ``"adaptive"`` and
-            ``"exponential"``; None: each solver's default (1e-5 and 8, 1e-5 and 64).
+            ``"exponential"``; None: each solver's default (1e-5 and 8, 1e-5 and 32).
         rank, krylov_depth: deflated Ritz pairs of K and the Krylov blocks (kernel products)
             that find them, for ``"exponential"``.
 
@@ -368,6 +396,7 @@ def solve_function_space(
         A `FunctionSpaceSolution`.
     """
     horizons = check_horizons(horizons)
+    solver = resolve_solver(solver, kernel.shape[-1])
     if solver in (ADAPTIVE, EXPONENTIAL):
         fixed = {"substeps": substeps, "warmup_steps": warmup_steps, "stride": stride}
         if (substeps, warmup_steps, stride) != (1, None, 1):

@@ -15,7 +15,7 @@ from ..models import AbstractSequential
 from ._kernel import trace_kernel, trace_kernel_materialized
 from ._objective import Objective
 from ._solver import (
-    ADAPTIVE,
+    AUTO,
     FunctionSpaceSolution,
     check_horizons,
     solve_function_space,
@@ -112,7 +112,7 @@ def ntk_evolution_step(
     *,
     eta: ArrayLike,
     horizons: Sequence[int],
-    solver: str = ADAPTIVE,
+    solver: str = AUTO,
     kernel_fn: Callable[..., Array] | None = None,
     linearize_fn: Callable[..., tuple[Array, Callable[[Array], PyTree]]] | None = None,
     selection: str = "pooled",
@@ -131,7 +131,8 @@ def ntk_evolution_step(
         mask: optional ``[N]`` booleans marking real rows; Ñ = their count.
         eta: step size η (may be traced).
         horizons: static tuple of integer horizons T.
-        solver: ``"adaptive"`` (default: error-controlled), a key of `spark_tpu.ntk.TABLEAUX`
+        solver: ``"auto"`` (default: exponential or adaptive by the number of rows,
+            `resolve_solver`), ``"adaptive"``, ``"exponential"``, a key of `spark_tpu.ntk.TABLEAUX`
             (fixed steps) or ``"mse_closed_form"`` (MSE objectives only).
         kernel_fn: ``(model, x, mask) -> [N, N]``; by default `trace_kernel` for the package's
             `AbstractSequential` models and `trace_kernel_materialized` (the explicit Jacobian)

@@ -88,13 +88,13 @@ def horizon_warning(cfg: Config, topology_summary: dict) -> str | None:
     if (
         cfg.algorithm in ("ntk_dfl", "spark") and not topology_summary["time_varying"]
         and gap < SLOW_MIXING_GAP and max(cfg.horizons) > 200
-        and cfg.solver != "adaptive" and cfg.solver_stride > 1
+        and cfg.solver_stride > 1
     ):
         return (
             f"--topology={cfg.topology} is fixed and mixes slowly (spectral gap {gap:.2g}); with "
             f"--horizons up to {max(cfg.horizons)} and --solver={cfg.solver} "
             f"--solver_stride={cfg.solver_stride}, {cfg.algorithm} was measured to collapse on such "
-            "graphs (README, 'Robustness to the topology'). Use the default --solver=adaptive, or "
+            "graphs (README, 'Robustness to the topology'). Use the default --solver=auto, or "
             "--horizons=25,50,100,200."
         )
     return None

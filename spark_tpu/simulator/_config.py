@@ -16,10 +16,11 @@ MODELS = models.MODELS.names()  # see `models.register`
 # Options of the seeded partitions that --partition=file (a fixed split) does not read.
 DRAWN_PARTITION_OPTIONS = ("alpha", "shards_per_client", "samples_per_client")
 LOSSES = ("ce", "mse")
-# "adaptive" (error-controlled RK4), "exponential" (error-controlled exponential RK, the stiff
-# eigenspace of K deflated) or a fixed-step key of spark_tpu.ntk.TABLEAUX
+# "auto" (exponential from ntk.AUTO_EXPONENTIAL_ROWS pooled rows, adaptive below), "adaptive"
+# (error-controlled RK4), "exponential" (error-controlled exponential RK, the stiff eigenspace of K
+# deflated) or a fixed-step key of spark_tpu.ntk.TABLEAUX
 SOLVERS = (
-    "adaptive", "exponential", "rk4", "bosh3", "dopri5", "midpoint", "euler", "rkc4", "rkc6",
+    "auto", "adaptive", "exponential", "rk4", "bosh3", "dopri5", "midpoint", "euler", "rkc4", "rkc6",
 )
 TAU_SELECTIONS = ("pooled", "linearized")  # how the NTK step picks τ* (algorithms.selection_bytes)
 # The label of a model, partition or graph given as an object to `spark_tpu.simulate`.
@@ -118,7 +119,7 @@ class Config:
     momentum: float | None = None
     participation: float = 0.07
     horizons: tuple[int, ...] = (100, 200, 400, 600, 800)
-    solver: str = "adaptive"
+    solver: str = "auto"
     solver_stride: int = 1  # fixed-step solvers: grid intervals per step after step 32
     client_batch: int = 0  # NTK: 0 = by platform (map on CPU, vmap on GPU/TPU); k = batches of k
     degree_buckets: bool = True  # NTK-DFL/SPARK: two pooled widths on uneven-degree graphs
@@ -157,7 +158,7 @@ class Config:
         _positive("--rounds", self.rounds)
         _positive("--solver_stride", self.solver_stride)
         _choice("--solver", self.solver, SOLVERS)
-        if self.solver_stride != 1 and self.solver in ("adaptive", "exponential", "euler"):
+        if self.solver_stride != 1 and self.solver in ("auto", "adaptive", "exponential", "euler"):
             raise ValueError(
                 f"--solver_stride={self.solver_stride} with --solver={self.solver}: "
                 + (f"the {self.solver} solver chooses its own steps" if self.solver != "euler" else

@@ -166,7 +166,7 @@ def _check_finite(metrics, start: int, clients: int, workdir: str):
 SOLVER_FLAGGED = (
     "Round %d: the fixed-step solver (--solver=%s --solver_stride=%d) left its accuracy region "
     "for %d of %d clients (a step's local error estimate above %g: what a step outside the "
-    "stability region looks like), so their weight steps are unreliable. Use --solver=adaptive "
+    "stability region looks like), so their weight steps are unreliable. Use --solver=auto "
     "(the default) or a smaller --solver_stride."
 )
 
