@@ -162,3 +162,17 @@ def test_launcher_help_lists_the_registered_names():
         assert name in helps["dataset"]
     assert "package.module:attribute" in helps["model"]
     assert "package.module:attribute" in helps["dataset"]
+
+
+def test_a_spec_names_the_free_resume_options_that_change_its_trajectory():
+    """``--rounds`` may change on a resume, except where the algorithm's spec lists it in
+    ``trajectory_options``: SPARK anneals its last stage up to ``--rounds``, so there the change
+    is a trajectory change; NTK-DFL's trajectory does not depend on it."""
+    from spark_tpu import algorithms, checkpoint
+
+    assert algorithms.get("spark").trajectory_options == ("rounds",)
+    for algorithm, expected in (("spark", ["--rounds: saved 10, now 20"]), ("ntk_dfl", [])):
+        saved = simulator.Config(algorithm=algorithm, rounds=10).to_dict()
+        now = simulator.Config(algorithm=algorithm, rounds=20).to_dict()
+        state, trajectory = checkpoint._manager.flag_differences(saved, now)
+        assert state == [] and trajectory == expected, algorithm

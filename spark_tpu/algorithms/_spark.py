@@ -285,5 +285,6 @@ def _build(ctx: BuildContext) -> Algorithm:
 register(AlgorithmSpec(
     "spark", _build, reference=dict(lr=0.01),
     options=POOLING_OPTIONS + ("spark_stages", "spark_options"),
-    state_options=("spark_stages", "spark_options"), validate=check_flags,
+    state_options=("spark_stages", "spark_options"), trajectory_options=("rounds",),
+    validate=check_flags,
     description="SPARK: NTK-DFL + Nesterov momentum + an annealed soft-label regularizer"))

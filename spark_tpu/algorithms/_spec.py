@@ -75,6 +75,9 @@ class AlgorithmSpec:
         parsed as the type of its default).
       state_options: Config fields a checkpoint resume must not change (they change what the saved
         state means).
+      trajectory_options: run options a resume may otherwise change freely (``rounds``) that
+        change this algorithm's trajectory (SPARK anneals its last stage up to ``--rounds``): a
+        resume that changes one is reported as a trajectory change.
       validate: ``Config -> None``, raising a one-line ValueError; called when the configuration is
         built, before any data loads.
       aliases: other names for ``--algorithm``.
@@ -88,6 +91,7 @@ class AlgorithmSpec:
     options: tuple[str, ...] = ()
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     state_options: tuple[str, ...] = ()
+    trajectory_options: tuple[str, ...] = ()
     validate: Callable[[Any], None] | None = None
     aliases: tuple[str, ...] = ()
     description: str = ""

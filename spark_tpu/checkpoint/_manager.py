@@ -124,12 +124,14 @@ def _canonical(value):
 def flag_differences(saved: dict, now: dict) -> tuple[list[str], list[str]]:
     """(state-changing, trajectory-changing) differences between two configs, as text."""
     state, trajectory = [], []
-    state_keys = set(STATE_FLAGS)
-    if now.get("algorithm") in algorithms.ALGORITHMS:  # and what its spec says changes its state
-        state_keys |= set(algorithms.get(now["algorithm"]).state_options)
+    state_keys, trajectory_keys = set(STATE_FLAGS), set()
+    if now.get("algorithm") in algorithms.ALGORITHMS:  # and what its spec says about its options
+        spec = algorithms.get(now["algorithm"])
+        state_keys |= set(spec.state_options)
+        trajectory_keys |= set(spec.trajectory_options)  # e.g. SPARK: anneals up to --rounds
     for key in sorted(set(saved) | set(now)):
-        if key in FREE_FLAGS and not (key == "rounds" and now.get("algorithm") == "spark"):
-            continue  # SPARK's last stage is annealed up to --rounds.
+        if key in FREE_FLAGS and key not in trajectory_keys:
+            continue
         a, b = _canonical(saved.get(key)), _canonical(now.get(key))
         if a != b:
             (state if key in state_keys else trajectory).append(f"--{key}: saved {a!r}, now {b!r}")
