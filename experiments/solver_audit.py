@@ -1,10 +1,12 @@
 """Accuracy audit of the function-space solvers on every client of real NTK-DFL rounds.
 
     python -m experiments.solver_audit                      # 60 clients × 100, α ∈ {0.05, 0.1, IID}
-    python -m experiments.solver_audit --clients=300 --samples=200    # the paper scale (accelerator)
+    python -m experiments.solver_audit --clients=20 --samples_per_client=200   # paper-size pools
+    python -m experiments.solver_audit --clients=300 --samples_per_client=200  # the paper scale (GPU)
     python -m experiments.solver_audit --small              # a minute-long smoke version
 
-For each heterogeneity level the launcher's NTK-DFL (default solver) trains a fresh 5-regular run;
+For each heterogeneity level the launcher's NTK-DFL (``--train_solver``, by default the launcher's
+default solver) trains a fresh 5-regular run;
 at initialization and after each of ``--rounds_at`` rounds, every client's next NTK step is set up
 as the round would: the uniform average w̄_q of its closed neighbourhood (a 5-regular graph of the
 run's pool) and its pooled neighbourhood data (Ñ = 6·samples rows). For every client the audit
@@ -36,7 +38,8 @@ def define_flags() -> None:
     """The command line's flags (defined only when run as a script, so that tests can import the
     audit's functions beside the launcher's flags)."""
     flags.DEFINE_integer("clients", 60, "Clients of each training run.")
-    flags.DEFINE_integer("samples", 100, "Samples per client (pooled Ñ = 6 × this).")
+    flags.DEFINE_integer("samples_per_client", 100, "Samples per client (pooled Ñ = 6 × this).")
+    flags.DEFINE_alias("samples", "samples_per_client")  # the name in earlier result files
     flags.DEFINE_list("alphas", ["0.05", "0.1", "iid"], "Dirichlet α values, or 'iid'.")
     flags.DEFINE_list("rounds_at", ["0", "1", "5", "15"], "Training rounds audited.")
     flags.DEFINE_list(
@@ -48,7 +51,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("devices", 2, "Emulated CPU devices of the training runs.")
     flags.DEFINE_integer("seed", 0, "Seed of partitions, graphs and models.")
     flags.DEFINE_bool("small", False, "12 clients × 40, α = 0.1, rounds 0 and 1.")
-    flags.DEFINE_string("out", "experiments/results/solver_audit/solver_audit.json", "Result file.")
+    flags.DEFINE_string("train_solver", None, "Solver of the training runs (default: the launcher's).")
+    flags.DEFINE_string("name", "solver_audit", "Result name: experiments/results/solver_audit/NAME.json.")
+    flags.DEFINE_string("out", None, "Result file (overrides --name; the earlier results' flag).")
 
 
 HORIZONS = (100, 200, 400, 600, 800)
@@ -185,7 +190,7 @@ def main(argv) -> None:
     del argv
     from spark_tpu import platform
 
-    clients, samples = (12, 40) if FLAGS.small else (FLAGS.clients, FLAGS.samples)
+    clients, samples = (12, 40) if FLAGS.small else (FLAGS.clients, FLAGS.samples_per_client)
     alphas = ["0.1"] if FLAGS.small else FLAGS.alphas
     rounds_at = [0, 1] if FLAGS.small else sorted(int(r) for r in FLAGS.rounds_at)
     platform.emulate_cpu_devices(FLAGS.devices)
@@ -204,6 +209,7 @@ def main(argv) -> None:
             partition="iid" if iid else "dirichlet", alpha=1.0 if iid else float(alpha),
             topology="regular", degree=5, rounds=max(1, *rounds_at), devices=FLAGS.devices,
             seed=FLAGS.seed, eval_every=1,
+            **({"solver": FLAGS.train_solver} if FLAGS.train_solver else {}),
         )  # fmt: skip
         sim = simulator.Simulation(cfg)
         classes = sim.setup.dataset.num_classes
@@ -245,15 +251,19 @@ def _write(rows, clients, samples, alphas, rounds_at):
     summary = {name: _distribution(rows, name) for name in FLAGS.solvers}
     out = {
         "command": "python -m experiments.solver_audit" + (" --small" if FLAGS.small else
-            f" --clients={clients} --samples={samples} --alphas={','.join(alphas)} "
+            f" --clients={clients} --samples_per_client={samples} --alphas={','.join(alphas)} "
             f"--rounds_at={','.join(map(str, rounds_at))} --solvers={','.join(FLAGS.solvers)} "
-            f"--reference_substeps={FLAGS.reference_substeps}"),
+            f"--reference_substeps={FLAGS.reference_substeps}"
+            + (f" --train_solver={FLAGS.train_solver}" if FLAGS.train_solver else "")
+            + (f" --name={FLAGS.name}" if FLAGS.name != "solver_audit" else "")),
+        "train_solver": FLAGS.train_solver or "the launcher's default",
         "horizons": HORIZONS, "reference": f"rk4, stride 1, {FLAGS.reference_substeps} substep(s), float64",
         "summary": summary, "rows": rows,
         "machine": {"cpus": os.cpu_count(), "jax": jax.__version__,
                     "load_average": os.getloadavg()},
     }  # fmt: skip
-    path = FLAGS.out.replace(".json", "_small.json") if FLAGS.small else FLAGS.out
+    path = FLAGS.out or f"experiments/results/solver_audit/{FLAGS.name}.json"
+    path = path.replace(".json", "_small.json") if FLAGS.small else path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
