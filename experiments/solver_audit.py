@@ -54,6 +54,9 @@ def define_flags() -> None:
     flags.DEFINE_string("train_solver", None, "Solver of the training runs (default: the launcher's).")
     flags.DEFINE_string("name", "solver_audit", "Result name: experiments/results/solver_audit/NAME.json.")
     flags.DEFINE_string("out", None, "Result file (overrides --name; the earlier results' flag).")
+    flags.DEFINE_integer("audit_clients", 0, "Audit clients 0..K-1 of each run (0: every client).")
+    flags.DEFINE_bool("append", False, "Keep the result file's rows (the same solvers) and add "
+                      "this run's: one summary over both, both commands recorded.")
 
 
 HORIZONS = (100, 200, 400, 600, 800)
@@ -201,7 +204,7 @@ def main(argv) -> None:
 
     from spark_tpu import ntk, simulator
 
-    rows, t0 = [], time.perf_counter()
+    rows, t0 = _earlier_rows(), time.perf_counter()
     for alpha in alphas:
         iid = alpha == "iid"
         cfg = simulator.Config(
@@ -219,7 +222,8 @@ def main(argv) -> None:
                 sim.advance(at - done)
                 done = at
             eta = float(ntk.lr_schedule(ETA0, DECAY)(at))
-            for q, (avg, x, y) in enumerate(_neighbourhoods(sim, cfg)):
+            hoods = _neighbourhoods(sim, cfg)
+            for q, (avg, x, y) in enumerate(hoods[: FLAGS.audit_clients or len(hoods)]):
                 net = eqx.combine(avg, sim.setup.model.static)
                 kernel = np.asarray(ntk.trace_kernel(net, x.astype(np.float64)))
                 stiffness = float(np.linalg.eigvalsh(kernel)[-1]) * eta / len(y)
@@ -245,6 +249,28 @@ def main(argv) -> None:
           f"{max(d['float32_floor_max'] for d in summary.values()):.2e}")
 
 
+_EARLIER_COMMANDS: list[str] = []  # with --append, the commands behind the kept rows
+
+
+def _path() -> str:
+    path = FLAGS.out or f"experiments/results/solver_audit/{FLAGS.name}.json"
+    return path.replace(".json", "_small.json") if FLAGS.small else path
+
+
+def _earlier_rows() -> list:
+    """With --append, the rows already in the result file (their solvers must be this run's)."""
+    if not FLAGS.append or not os.path.exists(_path()):
+        return []
+    with open(_path()) as f:
+        earlier = json.load(f)
+    if list(earlier["summary"]) != list(FLAGS.solvers):
+        raise ValueError(f"--append: {_path()} audited {list(earlier['summary'])}, "
+                         f"not --solvers={','.join(FLAGS.solvers)}.")
+    _EARLIER_COMMANDS[:] = earlier["command"] if isinstance(earlier["command"], list) else [
+        earlier["command"]]
+    return earlier["rows"]
+
+
 def _write(rows, clients, samples, alphas, rounds_at):
     import jax
 
@@ -255,15 +281,18 @@ def _write(rows, clients, samples, alphas, rounds_at):
             f"--rounds_at={','.join(map(str, rounds_at))} --solvers={','.join(FLAGS.solvers)} "
             f"--reference_substeps={FLAGS.reference_substeps}"
             + (f" --train_solver={FLAGS.train_solver}" if FLAGS.train_solver else "")
-            + (f" --name={FLAGS.name}" if FLAGS.name != "solver_audit" else "")),
+            + (f" --name={FLAGS.name}" if FLAGS.name != "solver_audit" else "")
+            + (f" --audit_clients={FLAGS.audit_clients}" if FLAGS.audit_clients else "")
+            + (" --append" if FLAGS.append else "")),
         "train_solver": FLAGS.train_solver or "the launcher's default",
         "horizons": HORIZONS, "reference": f"rk4, stride 1, {FLAGS.reference_substeps} substep(s), float64",
         "summary": summary, "rows": rows,
         "machine": {"cpus": os.cpu_count(), "jax": jax.__version__,
                     "load_average": os.getloadavg()},
     }  # fmt: skip
-    path = FLAGS.out or f"experiments/results/solver_audit/{FLAGS.name}.json"
-    path = path.replace(".json", "_small.json") if FLAGS.small else path
+    if FLAGS.append and _EARLIER_COMMANDS:
+        out["command"] = _EARLIER_COMMANDS + [out["command"]]
+    path = _path()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=1)

@@ -49,7 +49,7 @@ from ._adaptive import UNITS, _RESIDUAL_FLOOR, AdaptiveStats, _rms
 
 _PRECISION = jax.lax.Precision.HIGHEST
 DEFAULT_EXP_RTOL = 1e-5
-# Wall time, not products, chose these two (benchmarks/results/bench_ntk_exponential_options.json):
+# Wall time, not products, chose these two (benchmarks/results/bench_solver_options.json):
 # every step also evaluates the residual at max_stride + 1 dense points and eigendecomposes a
 # rank·C-dimensional matrix, so rank 4 and steps of at most 32 grid intervals (~20% more kernel
 # products than rank 8 and 64) were ~2× faster on real Ñ = 1200 neighbourhoods.
