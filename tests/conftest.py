@@ -7,8 +7,8 @@ below, and every case of a `FAST_SUBSET` sweep but the representative few it nam
 tests that cost the most CPU time each (measured per test as ``time.process_time`` plus its
 subprocesses' time; ``--durations`` wall times on the shared 2-core machine mostly measure the
 other users' load): subprocess launches, whole-simulation compiles, float64 references and the
-repeated cases of size/device/topology sweeps. The fast tier's tests took 154 s of CPU (-n 2),
-down from 565 s: 1 min 29 s on the idle 2-core machine (README). Every module keeps a cheap test in the fast tier, except the three whose only
+repeated cases of size/device/topology sweeps. The fast tier took 309 s of CPU (user + sys, -n 2) and
+2 min 38 s on the idle 2-core machine, 2026-12-03 (README). Every module keeps a cheap test in the fast tier, except the three whose only
 tests are a two-process launch (test_multiprocess.py), a real-data run (test_solver_real.py)
 and float64 references (test_spark_reference.py)."""
 
