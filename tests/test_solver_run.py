@@ -64,3 +64,22 @@ def test_exponential_solver_runs_inside_the_round_and_counts_its_products(tmp_pa
     assert 0 < min(products) and np.mean(products) < 0.7 * np.mean(
         [r["solver_products"] for r in adaptive]
     )
+
+
+def test_the_launcher_says_which_solver_auto_runs(caplog):
+    """--solver=auto names the solver it resolves to for the run's pooled neighbourhoods: here
+    (3-regular, 4 clients' rows padded to the largest client's size, under 80) the adaptive
+    one."""
+    from absl import logging as absl_logging
+
+    before = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    caplog.set_level(logging.INFO)
+    try:
+        sim = simulator.Simulation(simulator.Config(**TINY))
+    finally:
+        absl_logging.set_verbosity(before)
+    rows = 4 * int(np.asarray(sim.setup.arrays.mask).sum(axis=1).max())
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--solver=auto")]
+    assert said == [f"--solver=auto: the adaptive solver on pooled neighbourhoods of {rows} rows "
+                    "(exponential from 512 rows, adaptive below)"]

@@ -68,6 +68,11 @@ class Simulation:
         s = self.setup = _build.build(cfg, cfg.devices, custom)
         self.mesh = make_mesh(cfg.devices, s.plan.mesh_shape)
         logging.info("mesh %s, %d halo exchanges", dict(self.mesh.shape), len(s.plan.shifts))
+        if cfg.solver == "auto" and cfg.algorithm in ("ntk_dfl", "spark"):
+            rows = (s.plan.max_degree + 1) * int(s.arrays.x.shape[1])
+            logging.info("--solver=auto: the %s solver on pooled neighbourhoods of %d rows "
+                         "(exponential from %d rows, adaptive below)",
+                         ntk.resolve_solver("auto", rows), rows, ntk.AUTO_EXPONENTIAL_ROWS)
         c = _engine.client_spec(self.mesh)
         # Position p of the client axis holds client placement[p]; metrics come back by position.
         placement = s.plan.placement
