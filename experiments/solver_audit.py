@@ -204,7 +204,8 @@ def main(argv) -> None:
 
     from spark_tpu import ntk, simulator
 
-    rows, t0 = _earlier_rows(), time.perf_counter()
+    rows, earlier_commands = _earlier()
+    t0 = time.perf_counter()
     for alpha in alphas:
         iid = alpha == "iid"
         cfg = simulator.Config(
@@ -237,8 +238,8 @@ def main(argv) -> None:
                                  for k, v in solved.items())  # fmt: skip
                 print(f"α={alpha} round {at} client {q:3d} stiffness {stiffness:.2f}: {line}"
                       f"  [{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
-            _write(rows, clients, samples, alphas, rounds_at)
-    summary = _write(rows, clients, samples, alphas, rounds_at)
+            _write(rows, clients, samples, alphas, rounds_at, earlier_commands)
+    summary = _write(rows, clients, samples, alphas, rounds_at, earlier_commands)
     print("\nsolver    clients  float32: max  p99       median    float64: max  p99       "
           "τ* differs  flagged  products mean/max")
     for name, d in summary.items():
@@ -249,29 +250,26 @@ def main(argv) -> None:
           f"{max(d['float32_floor_max'] for d in summary.values()):.2e}")
 
 
-_EARLIER_COMMANDS: list[str] = []  # with --append, the commands behind the kept rows
-
-
 def _path() -> str:
     path = FLAGS.out or f"experiments/results/solver_audit/{FLAGS.name}.json"
     return path.replace(".json", "_small.json") if FLAGS.small else path
 
 
-def _earlier_rows() -> list:
-    """With --append, the rows already in the result file (their solvers must be this run's)."""
+def _earlier() -> tuple[list, list[str]]:
+    """With --append, the rows already in the result file (their solvers must be this run's)
+    and the commands behind them; else nothing."""
     if not FLAGS.append or not os.path.exists(_path()):
-        return []
+        return [], []
     with open(_path()) as f:
         earlier = json.load(f)
     if list(earlier["summary"]) != list(FLAGS.solvers):
         raise ValueError(f"--append: {_path()} audited {list(earlier['summary'])}, "
                          f"not --solvers={','.join(FLAGS.solvers)}.")
-    _EARLIER_COMMANDS[:] = earlier["command"] if isinstance(earlier["command"], list) else [
-        earlier["command"]]
-    return earlier["rows"]
+    commands = earlier["command"]
+    return earlier["rows"], commands if isinstance(commands, list) else [commands]
 
 
-def _write(rows, clients, samples, alphas, rounds_at):
+def _write(rows, clients, samples, alphas, rounds_at, earlier_commands=()):
     import jax
 
     summary = {name: _distribution(rows, name) for name in FLAGS.solvers}
@@ -290,8 +288,8 @@ def _write(rows, clients, samples, alphas, rounds_at):
         "machine": {"cpus": os.cpu_count(), "jax": jax.__version__,
                     "load_average": os.getloadavg()},
     }  # fmt: skip
-    if FLAGS.append and _EARLIER_COMMANDS:
-        out["command"] = _EARLIER_COMMANDS + [out["command"]]
+    if earlier_commands:
+        out["command"] = [*earlier_commands, out["command"]]
     path = _path()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
