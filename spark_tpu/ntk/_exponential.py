@@ -53,7 +53,7 @@ DEFAULT_EXP_RTOL = 1e-5
 # Wall time, not products, chose these two (benchmarks/results/bench_solver_options.json):
 # every step also evaluates the residual at max_stride + 1 dense points and eigendecomposes a
 # rank·C-dimensional matrix, so rank 4 and steps of at most 32 grid intervals (~20% more kernel
-# products than rank 8 and 64) were ~2× faster on real Ñ = 1200 neighbourhoods.
+# products than rank 8 and 64) were 1.6–2× faster on real Ñ = 1200 neighbourhoods.
 DEFAULT_EXP_MAX_STRIDE = 32
 DEFAULT_RANK = 4  # deflated eigenpairs: λ_5/λ_1 = 0.075 on the neighbourhood of docs/ntk_step.md §8
 DEFAULT_KRYLOV_DEPTH = 3  # blocks of C vectors: a 3C-dimensional Krylov space for k Ritz pairs
