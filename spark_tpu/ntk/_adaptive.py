@@ -135,7 +135,7 @@ def solve_adaptive(
     residual_t = classes_first(residual)
 
     def rhs(g):
-        return jnp.matmul(scale * residual_t(g), kernel, precision=_PRECISION)
+        return transposed_product(scale * residual_t(g), kernel)
 
     def attempt(c: _Carry):
         h = c.step.astype(dtype) * h_unit

@@ -79,6 +79,15 @@ def _as(value: ArrayLike, like: Array, axis: int = -1) -> Array:
     return out.T if axis == 0 and out.ndim == 2 else out
 
 
+def _cross_entropy_rows(y_onehot: Array, mask: Bool[Array, " samples"]):
+    """``(f, axis) -> softmax(f) - Y`` with masked rows zero, the classes on `axis`."""
+
+    def rows(f, axis):
+        return _masked_rows(jax.nn.softmax(f, axis=axis) - _as(y_onehot, f, axis), mask, axis)
+
+    return rows
+
+
 def cross_entropy(
     y_onehot: Float[Array, "samples classes"], mask: Bool[Array, " samples"] | None = None
 ) -> Objective:
@@ -87,11 +96,7 @@ def cross_entropy(
     ``loss = mean_n -Σ_c y_nc log softmax(f_n)_c``; ``residual = softmax(f) - Y``.
     """
     mask = _row_mask(mask, y_onehot.shape[0])
-
-    def rows(f, axis):
-        return _masked_rows(jax.nn.softmax(f, axis=axis) - _as(y_onehot, f, axis), mask, axis)
-
-    residual = RowResidual(rows)
+    residual = RowResidual(_cross_entropy_rows(y_onehot, mask))
 
     def loss(f):
         per_sample = -jnp.sum(_as(y_onehot, f) * jax.nn.log_softmax(f, axis=-1), axis=-1)
@@ -133,13 +138,13 @@ def soft_label_regularized(
     """
     mask = _row_mask(mask, y_onehot.shape[0])
     ce = cross_entropy(y_onehot, mask)
+    ce_rows = _cross_entropy_rows(y_onehot, mask)
 
     def rows(f, axis):
         lam, temp = _as(weight, f), _as(temperature, f)
         p_teacher = jax.nn.softmax(_as(teacher_logits, f, axis) / temp, axis=axis)
         soft = jax.nn.softmax(f / temp, axis=axis) - p_teacher
-        ce_rows = ce.residual if axis == -1 else ce.residual.classes_first
-        return (1 - lam) * ce_rows(f) + lam * temp * _masked_rows(soft, mask, axis)
+        return (1 - lam) * ce_rows(f, axis) + lam * temp * _masked_rows(soft, mask, axis)
 
     residual = RowResidual(rows)
 
