@@ -1,7 +1,7 @@
 """Test-wide JAX configuration (docs/style.md §14): 8 emulated CPU devices, float64 available,
 strict dtype promotion and rank promotion errors. Library code always names its dtypes.
 
-Two tiers: ``make test`` runs everything (what CI runs: 1074 tests); ``make test-fast``
+Two tiers: ``make test`` runs everything (what CI runs: 1075 tests); ``make test-fast``
 (``-m "not slow"``: 677 of them) leaves out the tests marked ``slow``: in their files, in `SLOW`
 below, and every case of a `FAST_SUBSET` sweep but the representative few it names. Slow are the
 tests that cost the most CPU time each (measured per test as ``time.process_time`` plus its

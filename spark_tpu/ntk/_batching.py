@@ -9,6 +9,16 @@ default RK4 solver at N = 1200, C = 10, 800 grid steps (benchmarks/bench_ntk.py)
   launches) and 8.5–17 ms for ``lax.map(batch_size=50..8)``.
 
 So ``strategy="auto"`` maps on CPU and vmaps elsewhere.
+
+Batched LAPACK on CPU. jaxlib runs a batched decomposition (``eigh``, ``qr``) by splitting the
+batch over XLA:CPU's intra-op thread pool and blocking the calling pool thread until the pieces
+finish. When several emulated devices run at once (inside ``shard_map``) and each is in such a
+call, every pool thread can be blocked waiting for work that no thread is free to run: the
+program hangs with the CPU idle (seen with the exponential solver vmapped over 2 clients per
+device on 2 devices of a 2-core machine; ``gdb`` shows both pool threads in
+``ParallelBatchMap``'s ``BlockingCounter::Wait`` under ``lapack_ssyevd_ffi``). `eigh` and `qr_q`
+below batch as a sequential ``lax.map`` of unbatched calls on CPU, which never takes that path;
+elsewhere they are the plain ``jnp.linalg`` functions.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 _STRATEGIES = ("auto", "vmap", "map")
 
@@ -45,3 +56,40 @@ def batch_map(
     if strategy == "vmap":
         return jax.vmap(fn)(*args)
     return jax.lax.map(lambda a: fn(*a), args, batch_size=batch_size)
+
+
+def _batched_one_at_a_time(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`fn` of one array whose ``vmap`` is a ``lax.map`` of unbatched calls."""
+
+    @jax.custom_batching.custom_vmap
+    def one(x):
+        return fn(x)
+
+    @one.def_vmap
+    def _rule(axis_size, in_batched, x):
+        del axis_size
+        out = jax.lax.map(one, x) if in_batched[0] else one(x)
+        return out, jax.tree.map(lambda _: bool(in_batched[0]), out)
+
+    return one
+
+
+_serial_eigh = _batched_one_at_a_time(lambda a: tuple(jnp.linalg.eigh(a)))
+_serial_qr_q = _batched_one_at_a_time(lambda a: jnp.linalg.qr(a)[0])
+
+
+def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``jnp.linalg.eigh(a)`` (eigenvalues ascending, eigenvectors), safe to ``vmap`` inside
+    ``shard_map`` on CPU devices (module doc)."""
+    if jax.default_backend() == "cpu":
+        return _serial_eigh(a)
+    w, v = jnp.linalg.eigh(a)
+    return w, v
+
+
+def qr_q(a: jax.Array) -> jax.Array:
+    """The orthonormal factor of ``jnp.linalg.qr(a)`` (reduced), safe to ``vmap`` inside
+    ``shard_map`` on CPU devices (module doc)."""
+    if jax.default_backend() == "cpu":
+        return _serial_qr_q(a)
+    return jnp.linalg.qr(a)[0]

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float
 
+from ._batching import eigh
 from ._solver import FunctionSpaceSolution, check_horizons
 
 _PRECISION = jax.lax.Precision.HIGHEST
@@ -29,7 +30,7 @@ def closed_form_from_residual(
     """
     horizons = check_horizons(horizons)
     dtype = f0.dtype
-    evals, evecs = jnp.linalg.eigh(kernel)
+    evals, evecs = eigh(kernel)
     rate = jnp.asarray(eta, dtype) * jnp.maximum(evals, 0) / jnp.asarray(num_samples, dtype)
     rate = rate[None, :]  # [1, N]
     taus = jnp.asarray(horizons, dtype)[:, None]  # [H, 1]

@@ -46,6 +46,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._adaptive import UNITS, _RESIDUAL_FLOOR, AdaptiveStats, _rms, major_dot, transposed_product
+from ._batching import eigh, qr_q
 from ._objective import classes_first
 
 _PRECISION = jax.lax.Precision.HIGHEST
@@ -140,20 +141,20 @@ def krylov_ritz(kernel_product, start: Array, depth: int, rank: int):
         for _ in range(2):  # orthonormalize twice against the earlier blocks (twice is enough,
             for b in blocks:  # also when the space is exhausted and x is round-off)
                 x = x - jnp.matmul(jnp.matmul(x, b.T, precision=_PRECISION), b, precision=_PRECISION)
-            x = jnp.linalg.qr(x.T)[0].T
+            x = qr_q(x.T).T
         blocks.append(x)
         images.append(kernel_product(x))
         x = images[-1]
     basis, image = jnp.concatenate(blocks), jnp.concatenate(images)
     # Where the space is exhausted (fewer valid rows than vectors) the last blocks are round-off,
     # normalized: orthonormalize through the Gram matrix, dropping its null directions.
-    s, u = jnp.linalg.eigh(jnp.matmul(basis, basis.T, precision=_PRECISION))
+    s, u = eigh(jnp.matmul(basis, basis.T, precision=_PRECISION))
     keep = s > 10 * basis.shape[0] * jnp.finfo(basis.dtype).eps
     u = u * jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, s, 1.0)), 0.0)[None]
     h = jnp.matmul(u.T, jnp.matmul(jnp.matmul(basis, image.T, precision=_PRECISION), u,
                                    precision=_PRECISION), precision=_PRECISION)  # fmt: skip
     basis = jnp.matmul(u.T, basis, precision=_PRECISION)
-    lam, vec = jnp.linalg.eigh(0.5 * (h + h.T))
+    lam, vec = eigh(0.5 * (h + h.T))
     lam, vec = lam[::-1][:rank], vec[:, ::-1][:, :rank]
     return jnp.matmul(basis.T, vec, precision=_PRECISION), jnp.maximum(lam, 0.0)
 
@@ -247,7 +248,7 @@ def solve_exponential(
         s = (root[:, None, None, None] * m * root[None, None, :, None]).reshape(
             rank * classes, rank * classes
         )
-        theta, q = jnp.linalg.eigh(0.5 * (s + s.T))
+        theta, q = eigh(0.5 * (s + s.T))
         return _Linearization(g, q, jnp.maximum(theta, 0.0))
 
     def project(lz: _Linearization, x):
