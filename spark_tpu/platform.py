@@ -33,12 +33,33 @@ def default_cpu_devices() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def emulate_cpu_devices(count: int) -> None:
-    """`count` CPU devices, and a long XLA:CPU collective timeout; call before JAX starts a backend.
+def limit_blas_threads(threads: int = 1) -> None:
+    """At most `threads` threads in every BLAS library of the process (OpenBLAS in numpy and in
+    scipy, whose LAPACK jaxlib calls for ``eigh`` and ``qr`` on CPU).
 
-    Used only where there is no accelerator: GPU and TPU backends ignore both settings.
+    Why: the solvers' decompositions are tiny (10×10 to 40×40 ``eigh``, a 1,188×10 ``qr``), but
+    OpenBLAS runs them on its own thread pool beside XLA's threads, one per emulated device, and
+    the threads then wait on each other: in a 20-client NTK-DFL round (Ñ = 1,200, the exponential
+    solver, 2 devices on 2 cores) LAPACK took 807 ms of op time with OpenBLAS's default threads and
+    160 ms with one (one ``geqrf`` of the Krylov block 8 ms against 0.04 ms), and the round 4.3–4.5 s
+    against 3.5–3.7 s (docs/ntk_step.md §8).
+    """
+    import scipy.linalg  # noqa: F401 - loads scipy's OpenBLAS, so that the limit reaches it too
+    import threadpoolctl
+
+    threadpoolctl.threadpool_limits(limits=threads, user_api="blas")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(threads))  # libraries loaded later
+
+
+def emulate_cpu_devices(count: int, *, blas_threads: int | None = 1) -> None:
+    """`count` CPU devices, a long XLA:CPU collective timeout and `blas_threads` BLAS threads
+    (`limit_blas_threads`; None leaves the libraries' own); call before JAX starts a backend.
+
+    Used only where there is no accelerator: GPU and TPU backends ignore the first two settings.
     """
     flags = os.environ.get("XLA_FLAGS", "")
     if _TIMEOUT_FLAG not in flags and _jaxlib_knows(_TIMEOUT_FLAG):
         os.environ["XLA_FLAGS"] = f"{flags} --{_TIMEOUT_FLAG}={CPU_COLLECTIVE_TIMEOUT_S}".strip()
     jax.config.update("jax_num_cpu_devices", count)
+    if blas_threads is not None:
+        limit_blas_threads(blas_threads)
