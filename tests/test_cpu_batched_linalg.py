@@ -19,7 +19,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 _CHILD = r"""
-import json, sys
+import json, os, sys
+os.sched_setaffinity(0, [int(c) for c in os.environ["PIN_CPUS"].split(",")])  # before JAX starts
 import jax
 jax.config.update("jax_num_cpu_devices", 2)
 jax.config.update("jax_enable_x64", True)
@@ -52,12 +53,12 @@ print(json.dumps({"error": float(np.abs(got - want).max() / np.abs(want).max())}
 
 @pytest.mark.slow  # a child process with its own compiles (~15 s)
 def test_exponential_solver_vmapped_on_two_cpu_devices_returns():
-    cpus = sorted(os.sched_getaffinity(0))[:2]
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-    try:
+    cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:2])
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", PIN_CPUS=cpus)
+    try:  # (the child pins itself: a preexec_fn would fork this JAX process)
         out = subprocess.run(
             [sys.executable, "-c", _CHILD], cwd=REPO, env=env, capture_output=True, text=True,
-            timeout=300, preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+            timeout=300,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         pytest.fail("vmapped exponential solve on 2 CPU devices did not return in 300 s (deadlock)")
