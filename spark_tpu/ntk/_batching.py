@@ -58,8 +58,9 @@ def batch_map(
     return jax.lax.map(lambda a: fn(*a), args, batch_size=batch_size)
 
 
-def _batched_one_at_a_time(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`fn` of one array whose ``vmap`` is a ``lax.map`` of unbatched calls."""
+def _one_at_a_time_on_cpu(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`fn` of one array; on CPU its ``vmap`` is a ``lax.map`` of unbatched calls (module doc),
+    elsewhere `fn` as it batches."""
 
     @jax.custom_batching.custom_vmap
     def one(x):
@@ -71,25 +72,15 @@ def _batched_one_at_a_time(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
         out = jax.lax.map(one, x) if in_batched[0] else one(x)
         return out, jax.tree.map(lambda _: bool(in_batched[0]), out)
 
-    return one
+    def call(x):
+        return one(x) if jax.default_backend() == "cpu" else fn(x)
+
+    return call
 
 
-_serial_eigh = _batched_one_at_a_time(lambda a: tuple(jnp.linalg.eigh(a)))
-_serial_qr_q = _batched_one_at_a_time(lambda a: jnp.linalg.qr(a)[0])
-
-
-def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``jnp.linalg.eigh(a)`` (eigenvalues ascending, eigenvectors), safe to ``vmap`` inside
-    ``shard_map`` on CPU devices (module doc)."""
-    if jax.default_backend() == "cpu":
-        return _serial_eigh(a)
-    w, v = jnp.linalg.eigh(a)
-    return w, v
-
-
-def qr_q(a: jax.Array) -> jax.Array:
-    """The orthonormal factor of ``jnp.linalg.qr(a)`` (reduced), safe to ``vmap`` inside
-    ``shard_map`` on CPU devices (module doc)."""
-    if jax.default_backend() == "cpu":
-        return _serial_qr_q(a)
-    return jnp.linalg.qr(a)[0]
+eigh = _one_at_a_time_on_cpu(lambda a: tuple(jnp.linalg.eigh(a)))
+eigh.__doc__ = """``jnp.linalg.eigh(a)`` as ``(eigenvalues ascending, eigenvectors)``, safe to ``vmap``
+inside ``shard_map`` on CPU devices (module doc)."""
+qr_q = _one_at_a_time_on_cpu(lambda a: jnp.linalg.qr(a)[0])
+qr_q.__doc__ = """The orthonormal factor of ``jnp.linalg.qr(a)`` (reduced), safe to ``vmap`` inside
+``shard_map`` on CPU devices (module doc)."""
