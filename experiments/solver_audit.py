@@ -2,7 +2,7 @@
 
     python -m experiments.solver_audit                      # 60 clients × 100, α ∈ {0.05, 0.1, IID}
     python -m experiments.solver_audit --clients=20 --samples_per_client=200   # paper-size pools
-    python -m experiments.solver_audit --clients=300 --samples_per_client=200  # the paper scale (GPU)
+    python -m experiments.solver_audit --clients=300 --samples_per_client=200  # the paper scale
     python -m experiments.solver_audit --small              # a minute-long smoke version
 
 For each heterogeneity level the launcher's NTK-DFL (``--train_solver``, by default the launcher's
@@ -11,14 +11,20 @@ at initialization and after each of ``--rounds_at`` rounds, every client's next 
 as the round would: the uniform average w̄_q of its closed neighbourhood (a 5-regular graph of the
 run's pool) and its pooled neighbourhood data (Ñ = 6·samples rows). For every client the audit
 then solves the flow with each solver in float32 (the production dtype) and compares the weight
-steps Δw_τ = -(η/Ñ) Jᵀ r_τ with a float64 reference (rk4, stride 1, ``--reference_substeps``
-substeps per grid interval): relative error per horizon (max over horizons per client), whether
-τ* (chosen with the real network, as the method does) is the reference's, and the kernel products.
-Two more columns separate the solver from float32: each solver's error when it runs in float64
-(its own discretization error), and the float32 floor, the reference's method run in float32
-(round-off of the kernel, the flow and the VJP, whatever the solver).
-Writes experiments/results/solver_audit/solver_audit.json (every client row and the per-solver distribution:
-max, 99th percentile, median) and prints the table.
+steps Δw_τ = -(η/Ñ) Jᵀ r_τ with a float64 reference (`rk4_reference`: classical RK4 written here,
+apart from the package's solvers, ``--reference_substeps`` steps per grid interval and 4 in the
+first 8; within 3e-6 of DOP853 at rtol 1e-11, tests/test_solver_audit.py): relative error per
+horizon (max over horizons per client), whether τ* (chosen with the real network, as the method
+does) is the reference's, and the kernel products. Two more columns separate the solver from
+float32: each solver's error when it runs in float64 (its own discretization error;
+``--nosolver_float64`` skips it, a third of the time), and the float32 floor, the reference's
+method run in float32 (round-off of the kernel, the flow and the VJP, whatever the solver).
+Writes experiments/results/solver_audit/NAME.json (every client row and the per-solver
+distribution: max, 99th percentile, median) and NAME.png (the distributions, and the default's
+error against each neighbourhood's stiffness), and prints the table. ``--replot`` redraws the PNG.
+At Ñ = 1,200 a client takes about 3.3 s on the 2-core CPU with two solvers and
+``--nosolver_float64`` (the float64 reference 1.7 s of it), so 300 clients take 17 minutes per
+audited round.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import os
 import time
 
 import numpy as np
+import scipy.linalg
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -48,6 +55,8 @@ def define_flags() -> None:
         "exponential:rank=4:rtol=5e-6), or NAME/STRIDE."
     )
     flags.DEFINE_integer("reference_substeps", 1, "Reference substeps per interval.")
+    flags.DEFINE_bool("solver_float64", True, "Also run each solver in float64 (its own "
+                      "discretization error; about a third of the audit's time at Ñ = 1,200).")
     flags.DEFINE_integer("devices", 2, "Emulated CPU devices of the training runs.")
     flags.DEFINE_integer("seed", 0, "Seed of partitions, graphs and models.")
     flags.DEFINE_bool("small", False, "12 clients × 40, α = 0.1, rounds 0 and 1.")
@@ -55,6 +64,8 @@ def define_flags() -> None:
     flags.DEFINE_string("name", "solver_audit", "Result name: experiments/results/solver_audit/NAME.json.")
     flags.DEFINE_string("out", None, "Result file (overrides --name; the earlier results' flag).")
     flags.DEFINE_integer("audit_clients", 0, "Audit clients 0..K-1 of each run (0: every client).")
+    flags.DEFINE_bool("replot", False, "Only recompute the summaries of NAME.json from its rows "
+                      "and redraw NAME.png.")
     flags.DEFINE_bool("append", False, "Keep the result file's rows (the same solvers) and add "
                       "this run's: one summary over both, both commands recorded.")
 
@@ -131,17 +142,88 @@ def _solver_fn(model, classes: int, dtype_name: str, options: tuple):
     return solve
 
 
-def _audit_client(model, avg, x, y, eta, classes, solvers, ref_substeps, pad_to=None):
+def rk4_reference(kernel, f0, y_onehot, mask, *, eta, num_samples, horizons, substeps=1,
+                  warmup_steps=8, warmup_substeps=4):
+    """The audit's reference flow, written here apart from the package's solvers: classical RK4
+    on ``df/ds = -(1/Ñ) K (softmax(f) - Y)`` (masked rows zero) with `substeps` steps per grid
+    interval of length η (``max(warmup_substeps, substeps)`` in the first `warmup_steps`
+    intervals, where the flow's stiff transient is), and the left Riemann sums
+    ``r_τ = Σ_{t<τ} residual(f(s_t))`` as ``[horizons, N, C]``. Four kernel products per step."""
+    import jax
+    import jax.numpy as jnp
+
+    stops = jnp.asarray(horizons)
+    rows = mask.astype(f0.dtype)[None, :]
+
+    def residual(g):  # classes-first [C, N]: r·K is the fast skinny product, K symmetric
+        return (jax.nn.softmax(g, axis=0) - y_onehot.T) * rows
+
+    def rhs(g):
+        return -(residual(g) @ kernel) / num_samples
+
+    def rk4(g, h):
+        k1 = rhs(g)
+        k2 = rhs(g + 0.5 * h * k1)
+        k3 = rhs(g + 0.5 * h * k2)
+        k4 = rhs(g + h * k3)
+        return g + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    def interval(t, carry):
+        g, running, sums = carry
+        running = running + residual(g)
+        sums = jnp.where((stops == t + 1)[:, None, None], running, sums)
+        m = jnp.where(t < warmup_steps, max(warmup_substeps, substeps), substeps)
+        g = jax.lax.fori_loop(0, m, lambda _, g: rk4(g, eta / m.astype(g.dtype)), g)
+        return g, running, sums
+
+    g0 = f0.T
+    sums = jnp.zeros((len(horizons), *g0.shape), f0.dtype)
+    _, _, sums = jax.lax.fori_loop(0, max(horizons), interval, (g0, jnp.zeros_like(g0), sums))
+    return jnp.swapaxes(sums, 1, 2)
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_fn(model, classes: int, dtype_name: str, substeps: int):
+    """A jitted ``(w̄, x, y, η, mask) -> (Δw_τ for all τ, τ*)`` with `rk4_reference` in
+    `dtype_name`: the float64 reference, or in float32 the round-off floor."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    from spark_tpu import ntk
+
+    dtype = jnp.dtype(dtype_name)
+
+    @jax.jit
+    def solve(avg, x, y, eta, mask):
+        net = eqx.combine(jax.tree.map(lambda a: a.astype(dtype), avg), model.static)
+        xs = x.astype(dtype)
+        params, apply = ntk.batched_forward(net)
+        f0, vjp_fn = jax.vjp(lambda p: apply(p, xs), params)
+        kernel = ntk.trace_kernel(net, xs, mask).astype(dtype)
+        y_onehot = jax.nn.one_hot(y, classes, dtype=dtype)
+        n = jnp.sum(mask).astype(dtype)
+        eta = eta.astype(dtype)
+        sums = rk4_reference(kernel, f0, y_onehot, mask, eta=eta, num_samples=n,
+                             horizons=HORIZONS, substeps=substeps)  # fmt: skip
+        dw = ntk.weight_steps(vjp_fn, sums, eta=eta, num_samples=n)
+        tau, _ = ntk.select_horizon(params, apply, xs, dw, ntk.cross_entropy(y_onehot, mask))
+        return dw, tau
+
+    return solve
+
+
+def _audit_client(model, avg, x, y, eta, classes, solvers, ref_substeps, pad_to=None,
+                  solver_float64=True):
     """Every solver on one neighbourhood; with `pad_to`, rows are padded (masked) to that count
     so that all neighbourhoods share one compiled shape (the same numbers: masked rows are zero
     in the kernel and the residual)."""
     import jax
 
-    mask = None
-    if pad_to is not None:
-        mask = np.arange(pad_to) < len(y)
-        x = np.concatenate([x, np.zeros((pad_to - len(y), *x.shape[1:]), x.dtype)])
-        y = np.concatenate([y, np.zeros(pad_to - len(y), y.dtype)])
+    pad_to = len(y) if pad_to is None else pad_to
+    mask = np.arange(pad_to) < len(y)
+    x = np.concatenate([x, np.zeros((pad_to - len(y), *x.shape[1:]), x.dtype)])
+    y = np.concatenate([y, np.zeros(pad_to - len(y), y.dtype)])
 
     def solve(dtype_name, options):
         fn = _solver_fn(model, classes, dtype_name, tuple(sorted(options.items())))
@@ -149,7 +231,12 @@ def _audit_client(model, avg, x, y, eta, classes, solvers, ref_substeps, pad_to=
         leaves = [np.asarray(v, np.float64) for v in jax.tree.leaves(dw)]
         return leaves, int(tau), int(products), bool(flagged)
 
-    ref, ref_tau, _, _ = solve("float64", {"solver": "rk4", "substeps": ref_substeps})
+    def reference(dtype_name):
+        dw, tau = _reference_fn(model, classes, dtype_name, ref_substeps)(
+            avg, x, y, np.float64(eta), mask)
+        return [np.asarray(v, np.float64) for v in jax.tree.leaves(dw)], int(tau)
+
+    ref, ref_tau = reference("float64")
     norms = np.sqrt(sum(np.sum(v**2, axis=tuple(range(1, v.ndim))) for v in ref))
 
     def error(dw):
@@ -158,41 +245,65 @@ def _audit_client(model, avg, x, y, eta, classes, solvers, ref_substeps, pad_to=
         return float(np.max(diff / norms))
 
     # The float32 floor: the reference's own method in float32 (round-off of kernel, flow and VJP).
-    floor = error(solve("float32", {"solver": "rk4", "substeps": ref_substeps})[0])
+    floor = error(reference("float32")[0])
     row = {}
     for name in solvers:
         dw, tau, products, flagged = solve("float32", _solver_options(name))
         row[name] = {"max_rel_err_dw": error(dw), "same_tau": tau == ref_tau,
                      "products": products, "flagged": flagged, "float32_floor": floor,
-                     "float64_err_dw": error(solve("float64", _solver_options(name))[0])}  # fmt: skip
+                     "float64_err_dw": (error(solve("float64", _solver_options(name))[0])
+                                        if solver_float64 else None)}  # fmt: skip
     return row
 
 
 def _distribution(rows, name):
-    errs = np.asarray([r["solvers"][name]["max_rel_err_dw"] for r in rows])
-    products = np.asarray([r["solvers"][name]["products"] for r in rows])
-    worst = rows[int(np.nanargmax(np.where(np.isfinite(errs), errs, np.inf)))]
-    solver64 = np.asarray([r["solvers"][name]["float64_err_dw"] for r in rows])
-    floor = np.asarray([r["solvers"][name]["float32_floor"] for r in rows])
-    return {
-        "clients": len(rows),
-        "max": float(np.max(errs)), "p99": float(np.percentile(errs, 99)),
-        "median": float(np.median(errs)),
-        # The solver's own error (float64 against float64), and float32's round-off floor.
-        "float64_max": float(np.max(solver64)), "float64_p99": float(np.percentile(solver64, 99)),
-        "float64_median": float(np.median(solver64)), "float32_floor_max": float(np.max(floor)),
-        "above_floor_max": float(np.max(errs - floor)),
-        "tau_differs": float(np.mean([not r["solvers"][name]["same_tau"] for r in rows])),
-        "flagged": float(np.mean([r["solvers"][name]["flagged"] for r in rows])),
+    """Max, 99th percentile and median of one solver's errors over `rows` (float32 as run; above
+    the float32 floor; float64, where measured), τ* and flag rates, products, the worst clients."""
+    cols = [r["solvers"][name] for r in rows]
+    errs = np.asarray([c["max_rel_err_dw"] for c in cols])
+    products = np.asarray([c["products"] for c in cols])
+
+    def spread(prefix, values):
+        return {f"{prefix}max": float(np.max(values)), f"{prefix}p99": float(np.percentile(values, 99)),
+                f"{prefix}median": float(np.median(values))}  # fmt: skip
+
+    def where(values):
+        at = rows[int(np.nanargmax(np.where(np.isfinite(values), values, np.inf)))]
+        return {k: at[k] for k in ("alpha", "round", "client", "stiffness")}
+
+    out = {"clients": len(rows), **spread("", errs)}
+    # The solver's own error (float64 against float64), where it was run; files before the
+    # float32 floor existed have neither.
+    solver64 = np.asarray([c["float64_err_dw"] for c in cols if c.get("float64_err_dw") is not None])
+    out["float64_clients"] = len(solver64)
+    if len(solver64):
+        out.update(spread("float64_", solver64))
+    if all("float32_floor" in c for c in cols):
+        floor = np.asarray([c["float32_floor"] for c in cols])
+        out["float32_floor_max"] = float(np.max(floor))
+        out.update(spread("above_floor_", errs - floor))
+        out["worst_above_floor"] = where(errs - floor)
+    out.update({
+        "tau_differs": float(np.mean([not c["same_tau"] for c in cols])),
+        "flagged": float(np.mean([c["flagged"] for c in cols])),
         "products_mean": float(products.mean()), "products_max": int(products.max()),
-        "worst": {k: worst[k] for k in ("alpha", "round", "client", "stiffness")},
-    }  # fmt: skip
+        "worst": where(errs),
+    })  # fmt: skip
+    return out
 
 
 def main(argv) -> None:
     del argv
     from spark_tpu import platform
 
+    if FLAGS.replot:
+        with open(_path()) as f:
+            result = json.load(f)
+        result.update(summaries(result["rows"], list(result["summary"])))
+        with open(_path(), "w") as f:
+            json.dump(result, f, indent=1)
+        plot(result, _path().replace(".json", ".png"))
+        return
     clients, samples = (12, 40) if FLAGS.small else (FLAGS.clients, FLAGS.samples_per_client)
     alphas = ["0.1"] if FLAGS.small else FLAGS.alphas
     rounds_at = [0, 1] if FLAGS.small else sorted(int(r) for r in FLAGS.rounds_at)
@@ -227,10 +338,12 @@ def main(argv) -> None:
             for q, (avg, x, y) in enumerate(hoods[: FLAGS.audit_clients or len(hoods)]):
                 net = eqx.combine(avg, sim.setup.model.static)
                 kernel = np.asarray(ntk.trace_kernel(net, x.astype(np.float64)))
-                stiffness = float(np.linalg.eigvalsh(kernel)[-1]) * eta / len(y)
+                top = scipy.linalg.eigvalsh(kernel, subset_by_index=[len(y) - 1] * 2)[0]
+                stiffness = float(top) * eta / len(y)
                 solved = _audit_client(
                     sim.setup.model, avg, x, y, eta, classes, FLAGS.solvers,
                     FLAGS.reference_substeps, pad_to=(cfg.degree + 1) * samples,
+                    solver_float64=FLAGS.solver_float64,
                 )  # fmt: skip
                 rows.append({"alpha": alpha, "round": at, "client": q, "stiffness": stiffness,
                              "solvers": solved})  # fmt: skip
@@ -244,7 +357,7 @@ def main(argv) -> None:
           "τ* differs  flagged  products mean/max")
     for name, d in summary.items():
         print(f"{name:9s} {d['clients']:7d}  {d['max']:.2e}  {d['p99']:.2e}  {d['median']:.2e}  "
-              f"{d['float64_max']:.2e}  {d['float64_p99']:.2e}  "
+              f"{d.get('float64_max', np.nan):.2e}  {d.get('float64_p99', np.nan):.2e}  "
               f"{d['tau_differs']:10.2%}  {d['flagged']:7.2%}  {d['products_mean']:.0f}/{d['products_max']}")
     print(f"float32 round-off floor (rk4 at one step per interval, float32): max "
           f"{max(d['float32_floor_max'] for d in summary.values()):.2e}")
@@ -269,10 +382,66 @@ def _earlier() -> tuple[list, list[str]]:
     return earlier["rows"], commands if isinstance(commands, list) else [commands]
 
 
+GOAL = 1e-4  # issue 14's accuracy goal for the default solver: max relative error of Δw_τ
+
+
+def plot(result: dict, path: str) -> None:
+    """Two panels from a result file: each solver's error distribution over the audited clients
+    (float32 error above the float32 floor, sorted: the curve's right end is the worst client),
+    and the default solver's error against each neighbourhood's stiffness η·λ_max(K)/Ñ."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, (cdf, stiff) = plt.subplots(1, 2, figsize=(10.4, 3.9))
+    tiny = 1e-9  # errors at or below the floor are drawn here (log axis)
+    for name in result["summary"]:
+        above = np.sort([max(r["solvers"][name]["max_rel_err_dw"]
+                             - r["solvers"][name].get("float32_floor", 0.0), tiny) for r in rows])
+        cdf.plot(above, np.arange(1, len(above) + 1) / len(above), label=name)
+    cdf.axvline(GOAL, color="k", ls="--", lw=0.8, label=f"goal {GOAL:g}")
+    cdf.set(xscale="log", xlabel="relative error of Δw_τ above the float32 floor (max over τ)",
+            ylabel="fraction of audited clients")  # fmt: skip
+    first = next(iter(result["summary"]))
+    for key in sorted({(r["alpha"], r["round"]) for r in rows}):
+        pick = [r for r in rows if (r["alpha"], r["round"]) == key]
+        stiff.scatter([r["stiffness"] for r in pick],
+                      [max(r["solvers"][first]["max_rel_err_dw"]
+                           - r["solvers"][first].get("float32_floor", 0.0), tiny) for r in pick],
+                      s=6, label=f"α={key[0]}, round {key[1]}")  # fmt: skip
+    stiff.axhline(GOAL, color="k", ls="--", lw=0.8)
+    stiff.set(yscale="log", xlabel="stiffness η·λ_max(K)/Ñ",
+              ylabel=f"{first}: error above the floor")  # fmt: skip
+    for ax in (cdf, stiff):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Solver audit: {len(rows)} client neighbourhoods against a float64 reference",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summaries(rows, solvers) -> dict:
+    """The per-solver distribution over all rows (``summary``) and per audited (α, round)
+    (``by_round``, keyed ``"α/round"``)."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(f"{r['alpha']}/{r['round']}", []).append(r)
+    return {
+        "summary": {name: _distribution(rows, name) for name in solvers},
+        "by_round": {key: {name: _distribution(group, name) for name in solvers}
+                     for key, group in groups.items()},
+    }  # fmt: skip
+
+
 def _write(rows, clients, samples, alphas, rounds_at, earlier_commands=()):
     import jax
 
-    summary = {name: _distribution(rows, name) for name in FLAGS.solvers}
+    tables = summaries(rows, FLAGS.solvers)
+    summary = tables["summary"]
     out = {
         "command": "python -m experiments.solver_audit" + (" --small" if FLAGS.small else
             f" --clients={clients} --samples_per_client={samples} --alphas={','.join(alphas)} "
@@ -281,10 +450,13 @@ def _write(rows, clients, samples, alphas, rounds_at, earlier_commands=()):
             + (f" --train_solver={FLAGS.train_solver}" if FLAGS.train_solver else "")
             + (f" --name={FLAGS.name}" if FLAGS.name != "solver_audit" else "")
             + (f" --audit_clients={FLAGS.audit_clients}" if FLAGS.audit_clients else "")
+            + ("" if FLAGS.solver_float64 else " --nosolver_float64")
             + (" --append" if FLAGS.append else "")),
         "train_solver": FLAGS.train_solver or "the launcher's default",
-        "horizons": HORIZONS, "reference": f"rk4, stride 1, {FLAGS.reference_substeps} substep(s), float64",
-        "summary": summary, "rows": rows,
+        "horizons": HORIZONS,
+        "reference": f"rk4_reference (hand-written RK4, {FLAGS.reference_substeps} step(s) per "
+                     "grid interval, 4 in the first 8), float64",
+        **tables, "rows": rows,
         "machine": {"cpus": os.cpu_count(), "jax": jax.__version__,
                     "load_average": os.getloadavg()},
     }  # fmt: skip
@@ -294,6 +466,7 @@ def _write(rows, clients, samples, alphas, rounds_at, earlier_commands=()):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
+    plot(out, path.replace(".json", ".png"))
     return summary
 
 
