@@ -55,6 +55,8 @@ def define_flags() -> None:
         "exponential:rank=4:rtol=5e-6), or NAME/STRIDE."
     )
     flags.DEFINE_integer("reference_substeps", 1, "Reference substeps per interval.")
+    flags.DEFINE_integer("reference_check", 0, "Check the reference against DOP853 on the first "
+                         "K audited clients of each round (about 20 s each at Ñ = 1,200).")
     flags.DEFINE_bool("solver_float64", True, "Also run each solver in float64 (its own "
                       "discretization error; about a third of the audit's time at Ñ = 1,200).")
     flags.DEFINE_integer("devices", 2, "Emulated CPU devices of the training runs.")
@@ -213,6 +215,42 @@ def _reference_fn(model, classes: int, dtype_name: str, substeps: int):
     return solve
 
 
+def dop853_check(model, avg, x, y, eta, classes, substeps=1) -> float:
+    """How far the reference is from scipy's DOP853 (rtol 1e-10, atol 1e-12) on one real
+    neighbourhood, float64: the largest relative error over the horizons of `rk4_reference`'s
+    residual sums r_τ (Δw_τ is Jᵀ r_τ). About 20 s at Ñ = 1,200 (DOP853 takes ~5,000 products)."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import scipy.integrate
+
+    from spark_tpu import ntk
+
+    net = eqx.combine(jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), avg), model.static)
+    xs = jnp.asarray(x, jnp.float64)
+    kernel, f0 = np.asarray(ntk.trace_kernel(net, xs)), np.asarray(jax.vmap(net)(xs))
+    n, c = f0.shape
+    onehot = np.eye(classes)[y]
+
+    def softmax(f):
+        p = np.exp(f - f.max(-1, keepdims=True))
+        return p / p.sum(-1, keepdims=True)
+
+    def rhs(_, v):
+        return (-(kernel @ (softmax(v.reshape(n, c)) - onehot)) / n).ravel()
+
+    grid = np.arange(max(HORIZONS) + 1) * eta
+    sol = scipy.integrate.solve_ivp(rhs, (0, grid[-1]), f0.ravel(), method="DOP853",
+                                    t_eval=grid, rtol=1e-10, atol=1e-12)  # fmt: skip
+    running = np.cumsum(softmax(sol.y.T.reshape(-1, n, c)) - onehot, axis=0)
+    truth = np.concatenate([np.zeros((1, n, c)), running])[list(HORIZONS)]
+    ref = np.asarray(jax.jit(lambda k, f: rk4_reference(
+        k, f, jnp.asarray(onehot), jnp.ones(n, bool), eta=eta, num_samples=float(n),
+        horizons=HORIZONS, substeps=substeps))(kernel, f0))  # fmt: skip
+    errors = np.linalg.norm(ref - truth, axis=(1, 2)) / np.linalg.norm(truth, axis=(1, 2))
+    return float(errors.max())
+
+
 def _audit_client(model, avg, x, y, eta, classes, solvers, ref_substeps, pad_to=None,
                   solver_float64=True):
     """Every solver on one neighbourhood; with `pad_to`, rows are padded (masked) to that count
@@ -351,6 +389,10 @@ def main(argv) -> None:
                                  for k, v in solved.items())  # fmt: skip
                 print(f"α={alpha} round {at} client {q:3d} stiffness {stiffness:.2f}: {line}"
                       f"  [{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
+                if q < FLAGS.reference_check:
+                    rows[-1]["reference_vs_dop853"] = dop853_check(
+                        sim.setup.model, avg, x, y, eta, classes, FLAGS.reference_substeps)
+                    print(f"  reference vs DOP853: {rows[-1]['reference_vs_dop853']:.1e}")
             _write(rows, clients, samples, alphas, rounds_at, earlier_commands)
     summary = _write(rows, clients, samples, alphas, rounds_at, earlier_commands)
     print("\nsolver    clients  float32: max  p99       median    float64: max  p99       "
@@ -430,7 +472,9 @@ def summaries(rows, solvers) -> dict:
     groups = {}
     for r in rows:
         groups.setdefault(f"{r['alpha']}/{r['round']}", []).append(r)
+    checked = [r["reference_vs_dop853"] for r in rows if "reference_vs_dop853" in r]
     return {
+        **({"reference_check": {"clients": len(checked), "max": max(checked)}} if checked else {}),
         "summary": {name: _distribution(rows, name) for name in solvers},
         "by_round": {key: {name: _distribution(group, name) for name in solvers}
                      for key, group in groups.items()},
@@ -451,6 +495,7 @@ def _write(rows, clients, samples, alphas, rounds_at, earlier_commands=()):
             + (f" --name={FLAGS.name}" if FLAGS.name != "solver_audit" else "")
             + (f" --audit_clients={FLAGS.audit_clients}" if FLAGS.audit_clients else "")
             + ("" if FLAGS.solver_float64 else " --nosolver_float64")
+            + (f" --reference_check={FLAGS.reference_check}" if FLAGS.reference_check else "")
             + (" --append" if FLAGS.append else "")),
         "train_solver": FLAGS.train_solver or "the launcher's default",
         "horizons": HORIZONS,
