@@ -58,10 +58,9 @@ def main(argv) -> None:
         sim.advance(FLAGS.round)
     avg, x, y = audit._neighbourhoods(sim, cfg)[FLAGS.client]
     eta = float(ntk.lr_schedule(audit.ETA0, audit.DECAY)(FLAGS.round))
-    n, pad = len(y), (cfg.degree + 1) * FLAGS.samples_per_client
-    mask = np.arange(pad) < n
-    x = np.concatenate([x, np.zeros((pad - n, x.shape[1]), x.dtype)])
-    onehot = np.eye(sim.setup.dataset.num_classes)[np.concatenate([y, np.zeros(pad - n, y.dtype)])]
+    n = len(y)
+    x, y, mask = audit.pad_rows(x, y, (cfg.degree + 1) * FLAGS.samples_per_client)
+    onehot = np.eye(sim.setup.dataset.num_classes)[y]
 
     def parts(dtype):
         net = eqx.combine(jax.tree.map(lambda a: jnp.asarray(a, dtype), avg), sim.setup.model.static)

@@ -261,6 +261,14 @@ def dop853_check(model, avg, x, y, eta, classes, substeps=1) -> float:
     return float(np.max(np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)))
 
 
+def pad_rows(x, y, rows: int):
+    """`x`, `y` padded with zero rows to `rows`, and the mask of the real ones (masked rows are
+    zero in the kernel and the residual, so the numbers are those of the unpadded data)."""
+    mask = np.arange(rows) < len(y)
+    x = np.concatenate([x, np.zeros((rows - len(y), *x.shape[1:]), x.dtype)])
+    return x, np.concatenate([y, np.zeros(rows - len(y), y.dtype)]), mask
+
+
 def _audit_client(model, avg, x, y, eta, classes, solvers, ref_substeps, pad_to=None,
                   solver_float64=True):
     """Every solver on one neighbourhood; with `pad_to`, rows are padded (masked) to that count
@@ -268,10 +276,7 @@ def _audit_client(model, avg, x, y, eta, classes, solvers, ref_substeps, pad_to=
     in the kernel and the residual)."""
     import jax
 
-    pad_to = len(y) if pad_to is None else pad_to
-    mask = np.arange(pad_to) < len(y)
-    x = np.concatenate([x, np.zeros((pad_to - len(y), *x.shape[1:]), x.dtype)])
-    y = np.concatenate([y, np.zeros(pad_to - len(y), y.dtype)])
+    x, y, mask = pad_rows(x, y, len(y) if pad_to is None else pad_to)
 
     def solve(dtype_name, options):
         fn = _solver_fn(model, classes, dtype_name, tuple(sorted(options.items())))
