@@ -21,7 +21,8 @@ float32: each solver's error when it runs in float64 (its own discretization err
 method run in float32 (round-off of the kernel, the flow and the VJP, whatever the solver).
 Writes experiments/results/solver_audit/NAME.json (every client row and the per-solver
 distribution: max, 99th percentile, median) and NAME.png (the distributions, and the default's
-error against each neighbourhood's stiffness), and prints the table. ``--replot`` redraws the PNG.
+error against each neighbourhood's stiffness), and prints the table. ``--replot`` recomputes the
+summaries, redraws the PNG and prints the README's Markdown tables (`markdown`).
 At Ñ = 1,200 a client takes about 3.3 s on the 2-core CPU with two solvers and
 ``--nosolver_float64`` (the float64 reference 1.7 s of it), so 300 clients take 17 minutes per
 audited round.
@@ -356,6 +357,7 @@ def main(argv) -> None:
         with open(_path(), "w") as f:
             json.dump(result, f, indent=1)
         plot(result, _path().replace(".json", ".png"))
+        print(markdown(result))
         return
     clients, samples = (12, 40) if FLAGS.small else (FLAGS.clients, FLAGS.samples_per_client)
     alphas = ["0.1"] if FLAGS.small else FLAGS.alphas
@@ -495,6 +497,51 @@ def summaries(rows, solvers) -> dict:
         "by_round": {key: {name: _distribution(group, name) for name in solvers}
                      for key, group in groups.items()},
     }  # fmt: skip
+
+
+def markdown(result: dict) -> str:
+    """The README's two tables from a result file: each solver over every audited client, then
+    per audited (α, round) the first solver above the float32 floor beside the last one as run
+    (for files with the float32 floor; ``--replot`` prints them)."""
+
+    def e(v):
+        return f"{v:.1e}"
+
+    def pct(v):
+        return f"{100 * v:.1f}%"
+
+    names = list(result["summary"])
+    lines = ["| solver | float32 (as run): max | p99 | median | above the float32 floor: max | p99 "
+             "| median | τ* differs | flagged | kernel products per client, mean / max |",
+             "|---" * 10 + "|"]  # fmt: skip
+    for name, s in result["summary"].items():
+        lines.append(
+            f"| {name} | {e(s['max'])} | {e(s['p99'])} | {e(s['median'])} | "
+            f"{e(s['above_floor_max'])} | {e(s['above_floor_p99'])} | {e(s['above_floor_median'])} | "
+            f"{pct(s['tau_differs'])} | {pct(s['flagged'])} | "
+            f"{s['products_mean']:,.0f} / {s['products_max']:,} |"
+        )
+    first, last = names[0], names[-1]
+    lines += ["", f"| α, audited after round | clients | {first} above the floor: max | p99 | median "
+              f"| products mean / max | {last} as run: max | {last} flagged | {last} τ* differs "
+              "| η·λ_max(K)/Ñ, max |", "|---" * 10 + "|"]  # fmt: skip
+
+    def order(key):
+        alpha, at = key.split("/")
+        return (alpha == "iid", float(alpha) if alpha != "iid" else 0.0, int(at))
+
+    for key in sorted(result["by_round"], key=order):
+        x, r = result["by_round"][key][first], result["by_round"][key][last]
+        stiff = max(row["stiffness"] for row in result["rows"]
+                    if f"{row['alpha']}/{row['round']}" == key)  # fmt: skip
+        alpha, at = key.split("/")
+        lines.append(
+            f"| {alpha}, {at} | {x['clients']} | {e(x['above_floor_max'])} | "
+            f"{e(x['above_floor_p99'])} | {e(x['above_floor_median'])} | "
+            f"{x['products_mean']:.0f} / {x['products_max']} | {e(r['max'])} | {pct(r['flagged'])} "
+            f"| {pct(r['tau_differs'])} | {stiff:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def _write(rows, clients, samples, alphas, rounds_at, earlier_commands=()):

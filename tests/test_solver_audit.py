@@ -113,6 +113,25 @@ def test_audit_plot_draws_a_result_file(tmp_path):
     assert (tmp_path / "audit.png").stat().st_size > 10_000
 
 
+def test_audit_markdown_tables_read_the_rows():
+    """`markdown` (printed by `--replot`, the README's tables) reports the rows' numbers: the
+    worst error above the floor and the flagged share, here written by hand from the rows."""
+    from experiments.solver_audit import markdown, summaries
+
+    def col(err, floor, flagged=False):
+        return {"max_rel_err_dw": err, "float32_floor": floor, "same_tau": True,
+                "products": 100, "flagged": flagged}  # fmt: skip
+
+    rows = [{"alpha": "0.1", "round": 0, "client": q, "stiffness": 3.0,
+             "solvers": {"exponential": col(2e-5 + q * 1e-6, 1e-6),
+                         "rk4/4": col(0.5 if q == 3 else 1e-5, 1e-6, flagged=q == 3)}}
+            for q in range(4)]  # fmt: skip
+    text = markdown({"rows": rows, **summaries(rows, ["exponential", "rk4/4"])})
+    # Exponential above the floor: max (2e-5 + 3e-6) - 1e-6 = 2.2e-05; rk4/4 flagged 1 of 4.
+    assert "| exponential | 2.3e-05 |" in text and "| 2.2e-05 |" in text
+    assert "| 0.1, 0 | 4 | 2.2e-05 |" in text and "| 5.0e-01 | 25.0% |" in text
+
+
 @pytest.mark.slow  # a small NTK-DFL setup on the real data
 def test_float32_floor_diagnosis_runs_and_flips_only_near_zero(tmp_path):
     """experiments/float32_floor.py on a small run: every part's float32 error is finite and
