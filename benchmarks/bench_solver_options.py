@@ -10,7 +10,9 @@ the paper's horizons 100–800). Every solver (the `experiments.solver_audit` na
 ``exponential:rank=4:max_stride=32``, ``adaptive``, ``rk4/4``) is jitted for one client in float32
 and timed warm, best of ``--repeats``, the solvers interleaved so that each sees the same machine
 load; its error is the relative error of the residual sums r_τ against a float64 rk4 at one step
-per grid interval (max over horizons). Ratios within one run are the numbers to read on a shared
+per grid interval (max over horizons). Beside each solve, the same number of kernel products alone
+is timed the same way (``products_alone_s``; ``products_share`` in the summary): the rest of a
+solve's time is its per-step work. Ratios within one run are the numbers to read on a shared
 machine. Writes benchmarks/results/bench_solver_options.json (``_small`` with --small).
 """
 
@@ -77,6 +79,24 @@ def _solve_fn(dtype, options: dict, horizons):
     return solve
 
 
+def _products_fn():
+    """A jitted ``(K, x [C, N], count) -> x`` of `count` kernel products alone, in the solvers'
+    product form (`transposed_product`): the floor a solve with that many products cannot beat."""
+    import jax
+
+    from spark_tpu.ntk._adaptive import transposed_product
+
+    @jax.jit
+    def products(kernel, x, count):
+        def one(_, y):
+            y = transposed_product(y, kernel)
+            return y / jax.numpy.max(jax.numpy.abs(y))  # keeps the iterate finite
+
+        return jax.lax.fori_loop(0, count, one, x)
+
+    return products
+
+
 def main(argv) -> None:
     del argv
     from spark_tpu import platform
@@ -108,15 +128,29 @@ def main(argv) -> None:
                     t = time.perf_counter()
                     jax.block_until_ready(fn(*args))
                     best[name] = min(best[name], time.perf_counter() - t)
+            # The same number of kernel products alone, timed the same way: what remains of a
+            # solve's time is its per-step work (docs/ntk_step.md §8).
+            alone, x = _products_fn(), args[1].T
+            counts = {name: int(result[name][1]) for name in fns}
+            floor = {name: np.inf for name in fns}
+            for c in set(counts.values()):
+                jax.block_until_ready(alone(args[0], x, c))
+            for _ in range(_REPEATS.value):
+                for name in fns:
+                    t = time.perf_counter()
+                    jax.block_until_ready(alone(args[0], x, counts[name]))
+                    floor[name] = min(floor[name], time.perf_counter() - t)
             for name in fns:
                 sums, products = result[name]
                 diff = (np.asarray(sums, np.float64) - ref).reshape(len(horizons), -1)
                 err = np.linalg.norm(diff, axis=1) / np.linalg.norm(ref.reshape(len(horizons), -1), axis=1)
                 rows.append({"n": int(len(y)), "hood": q, "solver": name, "seconds": best[name],
                              "first_call_s": first[name], "products": int(products),
+                             "products_alone_s": floor[name],
                              "rel_err_residual_sums": float(err.max())})  # fmt: skip
                 print(f"Ñ={len(y):5d} hood {q}  {name:36s} {best[name] * 1e3:8.1f} ms  "
-                      f"products {int(products):5d}  error {err.max():.1e}  "
+                      f"products {int(products):5d} (alone {floor[name] * 1e3:.1f} ms)  "
+                      f"error {err.max():.1e}  "
                       f"(first call {first[name]:.1f} s)", flush=True)  # fmt: skip
     summary = {}
     for n in sorted({r["n"] for r in rows}):
@@ -128,6 +162,8 @@ def main(argv) -> None:
                 f"speedup_over_{_SOLVERS.value[-1]}": float(np.mean(
                     [base[r["hood"]] / r["seconds"] for r in at if r["solver"] == name])),
                 "products_mean": float(np.mean([r["products"] for r in at if r["solver"] == name])),
+                "products_share": float(np.mean([r["products_alone_s"] / r["seconds"]
+                                                 for r in at if r["solver"] == name])),
                 "max_error": float(max(r["rel_err_residual_sums"] for r in at if r["solver"] == name)),
             } for name in fns
         }  # fmt: skip
