@@ -465,12 +465,14 @@ def plot(result: dict, path: str) -> None:
     cdf.set(xscale="log", xlabel="relative error of Δw_τ above the float32 floor (max over τ)",
             ylabel="fraction of audited clients")  # fmt: skip
     first = next(iter(result["summary"]))
-    for key in sorted({(r["alpha"], r["round"]) for r in rows}):
+    groups = sorted({(r["alpha"], r["round"]) for r in rows})
+    colours = plt.cm.tab20(np.linspace(0, 1, max(len(groups), 2)))  # 10 colours repeat beyond 10
+    for key, colour in zip(groups, colours):
         pick = [r for r in rows if (r["alpha"], r["round"]) == key]
         stiff.scatter([r["stiffness"] for r in pick],
                       [max(r["solvers"][first]["max_rel_err_dw"]
                            - r["solvers"][first].get("float32_floor", 0.0), tiny) for r in pick],
-                      s=6, label=f"α={key[0]}, round {key[1]}")  # fmt: skip
+                      s=6, color=colour, label=f"α={key[0]}, round {key[1]}")  # fmt: skip
     stiff.axhline(GOAL, color="k", ls="--", lw=0.8)
     stiff.set(yscale="log", xlabel="stiffness η·λ_max(K)/Ñ",
               ylabel=f"{first}: error above the floor")  # fmt: skip
