@@ -18,6 +18,7 @@ machine. Writes benchmarks/results/bench_solver_options.json (``_small`` with --
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -97,6 +98,22 @@ def _products_fn():
     return products
 
 
+def _best_of(calls: dict) -> dict:
+    """Best wall time of each zero-argument call over ``--repeats`` rounds, the calls interleaved
+    so that each sees the same machine load (after one untimed warm-up call each)."""
+    import jax
+
+    for call in calls.values():
+        jax.block_until_ready(call())
+    best = {name: np.inf for name in calls}
+    for _ in range(_REPEATS.value):
+        for name, call in calls.items():
+            t = time.perf_counter()
+            jax.block_until_ready(call())
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
+
+
 def main(argv) -> None:
     del argv
     from spark_tpu import platform
@@ -113,33 +130,23 @@ def main(argv) -> None:
     horizons = (50, 100, 200) if _SMALL.value else HORIZONS
     fns = {name: _solve_fn(jnp.float32, _solver_options(name), horizons) for name in _SOLVERS.value}
     reference = _solve_fn(jnp.float64, {"solver": "rk4"}, horizons)
+    alone = _products_fn()  # one compiled loop; the count is traced
     rows = []
     for samples in sizes:
         for q, (kernel, f0, y) in enumerate(_hoods(samples, count)):
             ref = np.asarray(reference(kernel, f0, y)[0])
             args = (kernel.astype(np.float32), f0.astype(np.float32), y)
-            first, best, result = {}, {n: np.inf for n in fns}, {}
+            first, result = {}, {}
             for name, fn in fns.items():  # compile (and the first call) one by one
                 t = time.perf_counter()
                 result[name] = jax.block_until_ready(fn(*args))
                 first[name] = time.perf_counter() - t
-            for _ in range(_REPEATS.value):  # interleaved warm calls
-                for name, fn in fns.items():
-                    t = time.perf_counter()
-                    jax.block_until_ready(fn(*args))
-                    best[name] = min(best[name], time.perf_counter() - t)
+            best = _best_of({name: functools.partial(fn, *args) for name, fn in fns.items()})
             # The same number of kernel products alone, timed the same way: what remains of a
             # solve's time is its per-step work (docs/ntk_step.md §8).
-            alone, x = _products_fn(), args[1].T
-            counts = {name: int(result[name][1]) for name in fns}
-            floor = {name: np.inf for name in fns}
-            for c in set(counts.values()):
-                jax.block_until_ready(alone(args[0], x, c))
-            for _ in range(_REPEATS.value):
-                for name in fns:
-                    t = time.perf_counter()
-                    jax.block_until_ready(alone(args[0], x, counts[name]))
-                    floor[name] = min(floor[name], time.perf_counter() - t)
+            x = args[1].T
+            floor = _best_of({name: functools.partial(alone, args[0], x, int(result[name][1]))
+                              for name in fns})  # fmt: skip
             for name in fns:
                 sums, products = result[name]
                 diff = (np.asarray(sums, np.float64) - ref).reshape(len(horizons), -1)
