@@ -66,3 +66,25 @@ def test_exponential_solver_vmapped_on_two_cpu_devices_returns():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     # The batched and one-at-a-time solves run the same float64 arithmetic.
     assert result["error"] < 1e-10, result
+
+
+def test_batch_max_and_any_are_plain_values_unbatched_and_batch_reductions_under_vmap():
+    """`batch_max` / `batch_any` (the exponential solver's dense-output bucket and snapshot
+    branch): the value itself on one client; under vmap (nested too) the batch's max / any,
+    unbatched, so a ``lax.switch`` on it stays one branch."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from spark_tpu.ntk._batching import batch_any, batch_max
+
+    x = jnp.asarray([3, 7, 1, 5], jnp.int32)
+    assert int(batch_max(x[0])) == 3 and bool(batch_any(x[0] > 4)) is False
+    np.testing.assert_array_equal(jax.vmap(batch_max)(x), [7, 7, 7, 7])
+    np.testing.assert_array_equal(jax.vmap(lambda v: batch_any(v > 6))(x), [True] * 4)
+    np.testing.assert_array_equal(jax.vmap(lambda v: batch_any(v > 9))(x), [False] * 4)
+    nested = jax.vmap(jax.vmap(batch_max))(x.reshape(2, 2))
+    np.testing.assert_array_equal(nested, [[7, 7], [7, 7]])
+    branches = [lambda v: v * 0, lambda v: v * 10]  # the index is the batch's, not each client's
+    picked = jax.vmap(lambda v: jax.lax.switch(jnp.minimum(batch_max(v), 1), branches, v))(x)
+    np.testing.assert_array_equal(picked, 10 * np.asarray(x))

@@ -446,6 +446,20 @@ def test_exponential_solver_is_exact_on_a_linear_flow():
     assert int(sol.products) < 40  # 1 + 4 Krylov blocks + a few 4-stage steps
 
 
+def test_exponential_solver_linearizes_alike_with_and_without_a_closed_form_jacobian(
+    stiff_problem,
+):
+    """A residual without a closed-form row Jacobian (a plain callable: one JVP per class, the
+    route a user's own objective takes) steps exactly as the built-in one (`RowResidual.jacobian`)."""
+    kernel, f0, y, eta = stiff_problem
+    residual = cross_entropy(jnp.asarray(y)).residual
+    kw = dict(eta=eta, horizons=(7, 90), num_samples=f0.shape[0], solver="exponential")
+    closed = solve_function_space(jnp.asarray(kernel), jnp.asarray(f0), residual, **kw)
+    plain = solve_function_space(jnp.asarray(kernel), jnp.asarray(f0), lambda f: residual(f), **kw)
+    np.testing.assert_allclose(plain.residual_sums, closed.residual_sums, rtol=1e-9, atol=1e-12)
+    assert int(plain.products) == int(closed.products)
+
+
 def test_exponential_solver_vmaps_over_clients(digits_problem):
     """Per-client while loops under vmap: each client's result and product count are its own."""
     kernel, f0, y, eta = digits_problem

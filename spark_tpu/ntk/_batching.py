@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from jaxtyping import Array
+
 import jax
 import jax.numpy as jnp
 
@@ -84,3 +86,27 @@ inside ``shard_map`` on CPU devices (module doc)."""
 qr_q = _one_at_a_time_on_cpu(lambda a: jnp.linalg.qr(a)[0])
 qr_q.__doc__ = """The orthonormal factor of ``jnp.linalg.qr(a)`` (reduced), safe to ``vmap`` inside
 ``shard_map`` on CPU devices (module doc)."""
+
+
+def _over_batch(reduce: Callable[[Array], Array]) -> Callable[[Array], Array]:
+    """The identity on one value; under ``vmap``, `reduce` of it over the batch, unbatched."""
+
+    @jax.custom_batching.custom_vmap
+    def same(x):
+        return x
+
+    @same.def_vmap
+    def _rule(axis_size, in_batched, x):
+        del axis_size
+        return same(reduce(x) if in_batched[0] else x), False  # same(): an outer vmap's turn
+
+    return same
+
+
+batch_max = _over_batch(lambda x: jnp.max(x, axis=0))
+batch_max.__doc__ = """An integer scalar as it is; under ``vmap`` its maximum over the batch,
+unbatched. A ``lax.switch`` on a batched index runs every branch (``vmap`` turns it into a
+select); on the batch's maximum it stays one branch for the whole batch."""
+batch_any = _over_batch(lambda x: jnp.any(x, axis=0))
+batch_any.__doc__ = """A boolean scalar as it is; under ``vmap`` whether it holds for any member
+of the batch, unbatched (`batch_max`'s reason, for ``lax.cond``)."""

@@ -21,7 +21,9 @@ method). ``L`` has rank ``kC`` and is similar to a symmetric matrix, ``-(1/Ñ) W
 with ``S = Λ^½ Wᵀ D W Λ^½ = Q Θ Qᵀ`` (``W = V ⊗ I_C``), so every ``φ_j(c h L) v`` is
 ``v / j! + c·h·(-1/Ñ)·W Λ^½ Q φ_{j+1}(-c h Θ / Ñ) Qᵀ Λ^½ Wᵀ D v``: a ``kC``-dimensional
 eigendecomposition per step and skinny products with ``V``, never a kernel product. Each stage
-costs one kernel product (``F``), as in RK4.
+costs one kernel product (``F``), as in RK4. The projections ``Qᵀ Λ^½ Wᵀ D x`` of the stages'
+deviations need no JVP either: ``project(lift(z)) = Qᵀ S Q z = Θ z``; only the kernel-product
+images are projected through ``D`` (one closed-form row Jacobian per step, `row_jacobian`).
 
 Error control is `solve_adaptive`'s: the FSAL slope ``F(g_{n+1})`` (the next step's first
 stage) gives the embedded solution with the last stage's weight moved onto it, and the error is
@@ -30,12 +32,15 @@ residuals at the grid points inside a step come from the method's continuous ext
 ``b_i(θ)`` (3rd order, exact on the stiff part), not from a cubic Hermite interpolant of the
 step's ends: early steps span grid points where the stiff modes are still decaying, which a
 cubic cannot follow (measured on round-5 Fashion-MNIST neighbourhoods: Hermite 1.9e-3 relative
-error of the residual sums, the continuous extension 3e-5, at the same steps). The kernel
+error of the residual sums, the continuous extension 3e-5, at the same steps). It is evaluated
+at the grid points a step covers, rounded up to a bucket of `_DENSE_BUCKETS` (a ``lax.switch``),
+and at the horizons only on the steps that reach one. The kernel
 products: ``1 + krylov_depth + 4·(accepted + rejected steps)``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -46,17 +51,19 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._adaptive import UNITS, _RESIDUAL_FLOOR, AdaptiveStats, _rms, major_dot, transposed_product
-from ._batching import eigh, qr_q
-from ._objective import classes_first
+from ._batching import batch_any, batch_max, eigh, qr_q
+from ._objective import classes_first, row_jacobian
 
 _PRECISION = jax.lax.Precision.HIGHEST
 DEFAULT_EXP_RTOL = 1e-5
 # Wall time, not products, chose these two (benchmarks/results/bench_solver_options.json):
-# every step also evaluates the residual at max_stride + 1 dense points and eigendecomposes a
+# every step also evaluates the residual at the grid points it covers and eigendecomposes a
 # rank·C-dimensional matrix, so rank 4 and steps of at most 32 grid intervals (~20% more kernel
-# products than rank 8 and 64) were 1.6–2× faster on real Ñ = 1200 neighbourhoods.
+# products than rank 8 and 64) were 1.6–2× faster on real Ñ = 1200 neighbourhoods (when every
+# step still evaluated max_stride + 1 points; see docs/ntk_step.md §8 for the re-run since).
 DEFAULT_EXP_MAX_STRIDE = 32
 DEFAULT_RANK = 4  # deflated eigenpairs: λ_5/λ_1 = 0.075 on the neighbourhood of docs/ntk_step.md §8
+_DENSE_BUCKETS = (1, 2, 4, 8, 12, 16, 24)  # grid points per step, below max_stride
 DEFAULT_KRYLOV_DEPTH = 3  # blocks of C vectors: a 3C-dimensional Krylov space for k Ritz pairs
 
 # A stage coefficient of an exponential method: Σ coeff · φ_p(c·hL), as ((coeff, p, c), ...).
@@ -218,7 +225,6 @@ def solve_exponential(
     scale = -1.0 / jnp.asarray(num_samples, dtype)
     h_unit = jnp.asarray(eta, dtype) / UNITS
     max_units = int(max_stride) * UNITS
-    points = int(max_stride) + 1
     end = total * UNITS
     stops = jnp.asarray(horizons, jnp.int32) * UNITS
 
@@ -237,9 +243,7 @@ def solve_exponential(
     v_t = jax.lax.optimization_barrier(v.T)  # [k, N], for `major_dot`
 
     def linearize(g) -> _Linearization:
-        _, lin = jax.linearize(residual_t, g)
-        basis = jnp.broadcast_to(jnp.eye(classes, dtype=dtype)[:, :, None], (classes, classes, n))
-        jac = jax.vmap(lin)(basis)  # [b, a, n] = ∂r_an/∂g_bn, as vmap lays it out (no transpose)
+        jac = row_jacobian(residual, g)  # [b, a, n] = ∂r_an/∂g_bn
         # M[i, a, j, b] = Σ_n v_ni v_nj D_abn as one [C², N] × [N, k²] matmul (an einsum of
         # the three operands took 2.5× longer on CPU).
         vv = (v[:, :, None] * v[:, None, :]).reshape(n, rank * rank)
@@ -265,23 +269,26 @@ def solve_exponential(
         return jnp.matmul(y.T, v.T, precision=_PRECISION)
 
     def combine(lz, coeffs, slopes, projected, h, phis):
-        """A stage's ``δ = h Σ_j a_j(hL) N_j``; `phis[c]` holds ``φ_p(c·h·(-Θ/Ñ))``."""
+        """A stage's ``δ = h Σ_j a_j(hL) N_j`` and its projection ``Qᵀ Λ^½ Wᵀ D δ`` (`project`),
+        the latter without a JVP: `project` is linear and ``project(lift(z)) = Qᵀ S Q z = Θ z``.
+        `phis[c]` holds ``φ_p(c·h·(-Θ/Ñ))``."""
         plain, low = jnp.zeros_like(slopes[0]), jnp.zeros_like(projected[0])
+        plain_p = jnp.zeros_like(projected[0])
         for coeff, nj, pj in zip(coeffs, slopes, projected):
             for value, p, c in coeff:
                 plain = plain + (value / math.factorial(p)) * nj
+                plain_p = plain_p + (value / math.factorial(p)) * pj
                 if c != 0.0:
                     low = low + (value * c * h * scale) * phis[c][p + 1] * pj
-        return h * (plain + lift(lz, low))
+        return h * (plain + lift(lz, low)), h * (plain_p + lz.theta * low)
 
-    def dense(c: _Carry, slopes, projected, h, theta, weights=None, phis=None):
+    def dense(c: _Carry, slopes, projected, h, theta):
         """``g_n + h Σ_i b_i(θ) N_i`` at the fractions `theta` [P] of the step -> [P, C, N]."""
         table = np.zeros((len(slopes), _MAX_PHI))  # b_i(θ) = Σ_p table[i, p] θ^p φ_p(θ hL)
-        for i, weight in enumerate(tab.b if weights is None else weights):
+        for i, weight in enumerate(tab.b):
             for value, p in weight:
                 table[i, p] += value
-        if phis is None:
-            phis = phi_functions(theta[:, None] * h * scale * c.lin.theta[None], _MAX_PHI + 1)
+        phis = phi_functions(theta[:, None] * h * scale * c.lin.theta[None], _MAX_PHI + 1)
         powers = jnp.stack([theta**p for p in range(_MAX_PHI)], axis=1)  # [P, p]
         factorials = np.asarray([math.factorial(p) for p in range(_MAX_PHI)], float)
         plain_t = jnp.matmul(jnp.asarray(table / factorials, dtype), powers.T)  # [i, P]
@@ -305,31 +312,33 @@ def solve_exponential(
         phis = {x: phi_functions(x * h * scale * lz.theta, _MAX_PHI + 1) for x in nodes if x}
         slopes, projected = [c.slope], [project(lz, c.slope)]
         for row in tab.a[1:]:  # stage j: N_j = F(g_n + δ_j) - L δ_j, one kernel product
-            delta = combine(lz, row, slopes, projected, h, phis)
-            nk = rhs(c.g + delta) - scale * lift(lz, project(lz, delta))
-            slopes.append(nk)
-            projected.append(project(lz, nk))
-        one, at_end = jnp.ones((1,), dtype), phis[1.0][:, None]
-        g1 = dense(c, slopes, projected, h, one, phis=at_end)[0]
+            delta, delta_p = combine(lz, row, slopes, projected, h, phis)
+            fk = rhs(c.g + delta)
+            fk_p = project(lz, fk)
+            slopes.append(fk - scale * lift(lz, delta_p))
+            projected.append(fk_p - scale * lz.theta * delta_p)
+        weights = [[(value, p, 1.0) for value, p in weight] for weight in tab.b]
+        step, step_p = combine(lz, weights, slopes, projected, h, phis)  # δ_{n+1}
+        g1 = c.g + step
         k5 = rhs(g1)
-        diff = slopes[-1] - (k5 - scale * lift(lz, project(lz, g1 - c.g)))  # N_4 - N(δ_{n+1})
-        est = dense(c, [diff], [project(lz, diff)], h, one, (tab.b[-1],), at_end)[0] - c.g
+        # N_4 - N(δ_{n+1}) and its projection
+        diff = slopes[-1] - (k5 - scale * lift(lz, step_p))
+        diff_p = projected[-1] - (project(lz, k5) - scale * lz.theta * step_p)
+        est = combine(lz, [weights[-1]], [diff], [diff_p], h, phis)[0]
         r1 = residual_t(g1)
         dr = r1 - residual_t(g1 - est)
         err = _rms(dr) / (rtol * (_RESIDUAL_FLOOR + _rms(r1)))
         err = jnp.where(jnp.isfinite(err), err, jnp.asarray(jnp.inf, dtype))
         return g1, k5, err, (slopes, projected)
 
-    def advance(c: _Carry, g1, k5, stages):
-        """Residual sums and horizon snapshots over the grid points of [pos, pos + step)."""
+    def advance_over(size: int, c: _Carry, stages):
+        """Residual sums over the grid points of [pos, pos + step), at most `size` of them."""
         first = (c.pos + UNITS - 1) // UNITS
-        t = first + jnp.arange(points, dtype=jnp.int32)
+        t = first + jnp.arange(size, dtype=jnp.int32)
         inside = t * UNITS < c.pos + c.step
         theta = (t * UNITS - c.pos).astype(dtype) / c.step.astype(dtype)
-        theta_h = jnp.clip((stops - c.pos).astype(dtype) / c.step.astype(dtype), 0.0, 1.0)
         h = c.step.astype(dtype) * h_unit
-        f_all = dense(c, *stages, h, jnp.concatenate([jnp.where(inside, theta, 0.0), theta_h]))
-        f_t, at = f_all[:points], f_all[points:]
+        f_t = dense(c, *stages, h, jnp.where(inside, theta, 0.0))
         res = jax.vmap(residual_t)(f_t)  # points outside the step (θ = 0) get weight 0 below
         hit = (stops > c.pos) & (stops <= c.pos + c.step)
         # Horizon τ ending in (pos, pos + step]: Σ_{t < τ} = running + the points before τ; the
@@ -337,16 +346,35 @@ def solve_exponential(
         # reduce-window quadratic in the up to 65 points, which took a third of the solve.)
         weights = jnp.concatenate([t[None] < stops[:, None] // UNITS, inside[None]]) & inside[None]
         # (The barriers keep XLA:CPU from fusing the softmax into the dot as a YNNPACK fusion.)
-        res, w_t = jax.lax.optimization_barrier((res.reshape(points, -1), weights.T.astype(dtype)))
+        res, w_t = jax.lax.optimization_barrier((res.reshape(size, -1), weights.T.astype(dtype)))
         summed = c.running[None] + major_dot(w_t, res).reshape(-1, classes, n)
-        sums = jnp.where(hit[:, None, None], summed[:-1], c.sums)
-        snaps = jnp.where(hit[:, None, None], at, c.snaps)
-        return summed[-1], sums, snaps
+        return summed[-1], jnp.where(hit[:, None, None], summed[:-1], c.sums)
+
+    # A step of s quarter intervals covers at most ceil(s / 4) grid points; the dense output is
+    # evaluated at a bucket's worth, not always at max_stride's (~2x fewer residuals per solve).
+    sizes = sorted({b for b in _DENSE_BUCKETS if b < max_stride} | {int(max_stride)})
+    branches = [functools.partial(advance_over, size) for size in sizes]
+
+    def advance(c: _Carry, stages):
+        """Residual sums and horizon snapshots over the grid points of [pos, pos + step). (On a
+        batch of clients under ``vmap``, the largest bucket any of them needs, `batch_max`.)"""
+        covered = (c.pos + c.step + UNITS - 1) // UNITS - (c.pos + UNITS - 1) // UNITS
+        bucket = jnp.searchsorted(jnp.asarray(sizes, jnp.int32), batch_max(covered))
+        running, sums = jax.lax.switch(bucket, branches, c, stages)
+        hit = (stops > c.pos) & (stops <= c.pos + c.step)
+
+        def snapshot():  # the flow at the horizons the step reaches (5 of all the steps)
+            theta = jnp.clip((stops - c.pos).astype(dtype) / c.step.astype(dtype), 0.0, 1.0)
+            at = dense(c, *stages, c.step.astype(dtype) * h_unit, theta)
+            return jnp.where(hit[:, None, None], at, c.snaps)
+
+        snaps = jax.lax.cond(batch_any(jnp.any(hit)), snapshot, lambda: c.snaps)
+        return running, sums, snaps
 
     def body(c: _Carry) -> _Carry:
         g1, k5, err, stages = attempt(c)
         ok = (err <= 1.0) | (c.step <= 1)
-        running, sums, snaps = advance(c, g1, k5, stages)
+        running, sums, snaps = advance(c, stages)
         factor = jnp.clip(0.9 * jnp.where(err > 0, err, 1e-10) ** -0.25, 0.2, 4.0)
         proposal = jnp.clip(jnp.floor(c.step.astype(dtype) * factor), 1, max_units).astype(jnp.int32)
         new_pos = jnp.where(ok, c.pos + c.step, c.pos)
