@@ -6,7 +6,8 @@ where it is not negligible). For an MLP with layer widths ``d_0 (input), d_1, �
 on the padded shapes):
 
 - Structured trace kernel (`spark_tpu.ntk.trace_kernel`). For a dense layer ``l`` with input width
-  ``d_{l-1}`` the input factor is the Gram matrix ``a aᵀ``: ``2 N² d_{l-1}``. Its cotangent factor
+  ``d_{l-1}`` the input factor is the Gram matrix ``a aᵀ``: ``2 N² d_{l-1}``, or 6/9 of it from
+  384 rows, where only the upper blocks of a 3 × 3 split are computed (`gram_flops`). Its cotangent factor
   is ``Σ_c g_c g_cᵀ``: ``2 N² C d_l`` in general, ``0`` for the last layer (one-hot cotangents) and
   ``2 N² d_l`` for the second-to-last when the map between them is elementwise (the collapsed
   form: ``Σ_j s_j φ'_{nj} φ'_{mj}``). For 784-100-10 that is ``2 N² (784 + 100 + 100)``: the
@@ -51,17 +52,30 @@ def num_params(widths: list[int]) -> int:
     return sum(a * b + b for a, b in itertools.pairwise(widths))
 
 
+def gram_flops(n: int, width: int) -> float:
+    """``u uᵀ`` for ``u [n, width]`` as `trace_kernel` computes it: from
+    ``ntk._kernel._BLOCKED_FROM`` rows only the blocks on and above the diagonal of a
+    ``_BLOCKS × _BLOCKS`` split (6 of 9), else ``2 n² width``."""
+    from spark_tpu.ntk import _kernel
+
+    if n < _kernel._BLOCKED_FROM:
+        return 2.0 * n * n * width
+    blocks, edges = _kernel._BLOCKS, [n * i // _kernel._BLOCKS for i in range(_kernel._BLOCKS + 1)]
+    sizes = [edges[i + 1] - edges[i] for i in range(blocks)]
+    return 2.0 * width * sum(sizes[i] * sizes[j] for i in range(blocks) for j in range(i, blocks))
+
+
 def kernel_flops(n: int, widths: list[int]) -> float:
     """Structured trace kernel of an MLP, per client (see the module docstring)."""
     classes, layers = widths[-1], len(widths) - 1
     total = 0.0
     for layer in range(layers):
         d_in, d_out = widths[layer], widths[layer + 1]
-        total += 2 * n * n * d_in
+        total += gram_flops(n, d_in)
         if layer == layers - 2:  # collapsed: the activation between the last two is elementwise
-            total += 2 * n * n * d_out
+            total += gram_flops(n, d_out)
         elif layer < layers - 2:
-            total += 2 * n * n * classes * d_out
+            total += gram_flops(n, classes * d_out)
     p = num_params(widths)
     return total + 6 * n * n + 2 * n * p + 2 * n * classes**2 * widths[-2]
 

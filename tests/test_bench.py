@@ -121,10 +121,15 @@ def test_kernel_flops_of_the_reference_mlp():
     n, widths = 1200, [784, 100, 10]
     p = _flops.num_params(widths)
     assert p == 79_510
-    grams = 2 * n * n * (784 + 100 + 100)
+    # 1200 rows: Grams as the 6 upper blocks of a 3 × 3 split, 400 rows each (6/9 of 2 n² d)
+    grams = 6 * 2 * 400 * 400 * (784 + 100 + 100)
     extra = 6 * n * n + 2 * n * p + 2 * n * 10**2 * 100
     assert _flops.kernel_flops(n, widths) == grams + extra
     assert _flops.materialized_kernel_flops(n, widths) > 100 * grams
+    small = 300  # below 384 rows, one product per Gram
+    assert _flops.kernel_flops(small, widths) == 2 * small**2 * 984 + (
+        6 * small**2 + 2 * small * p + 2 * small * 10**2 * 100
+    )
 
 
 def test_format_table_marks_missing_values():

