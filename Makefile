@@ -23,7 +23,7 @@ test: setup
 	  || echo "dataset-fashion-mnist unavailable: the real-data tests will be skipped."
 	$(PYTHON) -m pytest -n 2 --dist loadfile -q
 
-# The fast tier (683 of 1082 tests; timings in the README): everything
+# The fast tier (691 of 1090 tests; timings in the README): everything
 # but the tests marked slow (tests/conftest.py).
 test-fast: setup
 	$(PYTHON) -m pytest -n 2 --dist loadfile -q -m "not slow"
