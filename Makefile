@@ -23,7 +23,7 @@ test: setup
 	  || echo "dataset-fashion-mnist unavailable: the real-data tests will be skipped."
 	$(PYTHON) -m pytest -n 2 --dist loadfile -q
 
-# The fast tier (691 of 1090 tests; timings in the README): everything
+# The fast tier (693 of 1092 tests; timings in the README): everything
 # but the tests marked slow (tests/conftest.py).
 test-fast: setup
 	$(PYTHON) -m pytest -n 2 --dist loadfile -q -m "not slow"

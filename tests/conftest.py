@@ -1,8 +1,8 @@
 """Test-wide JAX configuration (docs/style.md §14): 8 emulated CPU devices, float64 available,
 strict dtype promotion and rank promotion errors. Library code always names its dtypes.
 
-Two tiers: ``make test`` runs everything (what CI runs: 1090 tests); ``make test-fast``
-(``-m "not slow"``: 691 of them) leaves out the tests marked ``slow``: in their files, in `SLOW`
+Two tiers: ``make test`` runs everything (what CI runs: 1092 tests); ``make test-fast``
+(``-m "not slow"``: 693 of them) leaves out the tests marked ``slow``: in their files, in `SLOW`
 below, and every case of a `FAST_SUBSET` sweep but the representative few it names. Slow are the
 tests that cost the most CPU time each (measured per test as ``time.process_time`` plus its
 subprocesses' time; ``--durations`` wall times on the shared 2-core machine mostly measure the

@@ -83,6 +83,7 @@ def test_batch_max_and_any_are_plain_values_unbatched_and_batch_reductions_under
     np.testing.assert_array_equal(jax.vmap(batch_max)(x), [7, 7, 7, 7])
     np.testing.assert_array_equal(jax.vmap(lambda v: batch_any(v > 6))(x), [True] * 4)
     np.testing.assert_array_equal(jax.vmap(lambda v: batch_any(v > 9))(x), [False] * 4)
+    assert jax.vmap(batch_max)(x[:0]).shape == (0,)  # an empty batch is no error
     nested = jax.vmap(jax.vmap(batch_max))(x.reshape(2, 2))
     np.testing.assert_array_equal(nested, [[7, 7], [7, 7]])
     branches = [lambda v: v * 0, lambda v: v * 10]  # the index is the batch's, not each client's

@@ -460,6 +460,34 @@ def test_exponential_solver_linearizes_alike_with_and_without_a_closed_form_jaco
     assert int(plain.products) == int(closed.products)
 
 
+def test_exponential_dense_buckets_cover_every_grid_point_of_a_step():
+    """`grid_points_covered` (which picks the dense-output bucket) against a count by hand of
+    the grid points t·4 in [pos, pos + step), every pos and step up to 33 grid intervals."""
+    from spark_tpu.ntk._exponential import UNITS, grid_points_covered
+
+    pos, step = np.meshgrid(np.arange(0, 40), np.arange(1, 33 * UNITS + 1), indexing="ij")
+    got = np.asarray(grid_points_covered(jnp.asarray(pos), jnp.asarray(step)))
+    want = np.array([[sum(p <= UNITS * t < p + s for t in range(0, 60)) for s in row_s]
+                     for p, row_s in zip(pos[:, 0], step)])  # fmt: skip
+    np.testing.assert_array_equal(got, want)
+
+
+def test_exponential_solver_bucketed_dense_output_matches_full_width(stiff_problem, monkeypatch):
+    """The dense output evaluated per bucket gives the sums and snapshots of evaluating all
+    max_stride points on every step (no buckets), at every grid point."""
+    from spark_tpu.ntk import _exponential
+
+    kernel, f0, y, eta = stiff_problem
+    residual = cross_entropy(jnp.asarray(y)).residual
+    kw = dict(eta=eta, horizons=tuple(range(1, 121)), num_samples=f0.shape[0], solver="exponential")
+    bucketed = solve_function_space(jnp.asarray(kernel), jnp.asarray(f0), residual, **kw)
+    monkeypatch.setattr(_exponential, "_DENSE_BUCKETS", ())
+    full = solve_function_space(jnp.asarray(kernel), jnp.asarray(f0), residual, **kw)
+    np.testing.assert_allclose(bucketed.residual_sums, full.residual_sums, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(bucketed.logits, full.logits, rtol=1e-10, atol=1e-12)
+    assert int(bucketed.products) == int(full.products)
+
+
 def test_exponential_solver_vmaps_over_clients(digits_problem):
     """Per-client while loops under vmap: each client's result and product count are its own."""
     kernel, f0, y, eta = digits_problem
@@ -476,6 +504,9 @@ def test_exponential_solver_vmaps_over_clients(digits_problem):
     for q in range(2):
         single = one(kernels[q], f0s[q])
         np.testing.assert_allclose(batched.residual_sums[q], single.residual_sums, rtol=1e-10)
+        # the horizon snapshots too (taken under a batch-wide lax.cond, `batch_any`)
+        np.testing.assert_allclose(batched.logits[q], single.logits, rtol=1e-10)
+        np.testing.assert_allclose(batched.final_logits[q], single.final_logits, rtol=1e-10)
         assert int(batched.products[q]) == int(single.products)
     assert int(batched.products[0]) != int(batched.products[1])
     with pytest.raises(ValueError, match="chooses its own steps"):

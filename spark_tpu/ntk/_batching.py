@@ -103,10 +103,11 @@ def _over_batch(reduce: Callable[[Array], Array]) -> Callable[[Array], Array]:
     return same
 
 
-batch_max = _over_batch(lambda x: jnp.max(x, axis=0))
-batch_max.__doc__ = """An integer scalar as it is; under ``vmap`` its maximum over the batch,
-unbatched. A ``lax.switch`` on a batched index runs every branch (``vmap`` turns it into a
-select); on the batch's maximum it stays one branch for the whole batch."""
+batch_max = _over_batch(lambda x: jnp.max(x, axis=0, initial=jnp.iinfo(x.dtype).min))
+batch_max.__doc__ = """An integer scalar as it is; under ``vmap`` its maximum over the batch
+(the dtype's minimum for an empty one), unbatched. A ``lax.switch`` on a batched index runs
+every branch (``vmap`` turns it into a select); on the batch's maximum it stays one branch for
+the whole batch."""
 batch_any = _over_batch(lambda x: jnp.any(x, axis=0))
 batch_any.__doc__ = """A boolean scalar as it is; under ``vmap`` whether it holds for any member
 of the batch, unbatched (`batch_max`'s reason, for ``lax.cond``)."""

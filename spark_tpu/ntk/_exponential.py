@@ -24,6 +24,10 @@ eigendecomposition per step and skinny products with ``V``, never a kernel produ
 costs one kernel product (``F``), as in RK4. The projections ``Qᵀ Λ^½ Wᵀ D x`` of the stages'
 deviations need no JVP either: ``project(lift(z)) = Qᵀ S Q z = Θ z``; only the kernel-product
 images are projected through ``D`` (one closed-form row Jacobian per step, `row_jacobian`).
+Both the φ-functions and this identity take each row's Jacobian ``D`` to be symmetric positive
+semi-definite, as it is for every built-in objective (softmax Jacobians, the identity); for a
+residual whose row Jacobian is not (e.g. class-weighted cross-entropy) the linear part is only
+approximate and the adaptive solver (``solver="adaptive"``) is the one to use.
 
 Error control is `solve_adaptive`'s: the FSAL slope ``F(g_{n+1})`` (the next step's first
 stage) gives the embedded solution with the last stage's weight moved onto it, and the error is
@@ -164,6 +168,11 @@ def krylov_ritz(kernel_product, start: Array, depth: int, rank: int):
     lam, vec = eigh(0.5 * (h + h.T))
     lam, vec = lam[::-1][:rank], vec[:, ::-1][:, :rank]
     return jnp.matmul(basis.T, vec, precision=_PRECISION), jnp.maximum(lam, 0.0)
+
+
+def grid_points_covered(pos, step):
+    """How many grid points t (in quarter-interval units, ``t·UNITS``) lie in ``[pos, pos + step)``."""
+    return (pos + step + UNITS - 1) // UNITS - (pos + UNITS - 1) // UNITS
 
 
 class _Linearization(NamedTuple):
@@ -358,7 +367,9 @@ def solve_exponential(
     def advance(c: _Carry, stages, ok):
         """Residual sums and horizon snapshots over the grid points of [pos, pos + step). (On a
         batch of clients under ``vmap``, the largest bucket any of them needs, `batch_max`.)"""
-        covered = (c.pos + c.step + UNITS - 1) // UNITS - (c.pos + UNITS - 1) // UNITS
+        # (steps never exceed max_units, so `covered` <= max_stride, the last bucket; a larger
+        # one would be clamped to it by lax.switch and lose points)
+        covered = grid_points_covered(c.pos, c.step)
         bucket = jnp.searchsorted(jnp.asarray(sizes, jnp.int32), batch_max(covered))
         running, sums = jax.lax.switch(bucket, branches, c, stages, ok)
         hit = (stops > c.pos) & (stops <= c.pos + c.step) & ok  # (a rejected step changes none)

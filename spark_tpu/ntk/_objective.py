@@ -73,8 +73,8 @@ def row_jacobian(
     residual: Callable[[Array], Array], g: Float[Array, "classes samples"]
 ) -> Float[Array, "classes classes samples"]:
     """Every row's Jacobian of `residual` at class-major logits `g`, ``[b, a, n] = ∂r_an/∂g_bn``:
-    the closed form of a `RowResidual` that has one, else one JVP per class (a residual that is
-    not row-wise gets its rows' diagonal blocks)."""
+    the closed form of a `RowResidual` that has one, else one JVP per class (for row-wise
+    residuals: a residual that couples rows gets ``Σ_m ∂r_an/∂g_bm`` instead)."""
     closed = getattr(residual, "jacobian", None)
     if closed is not None:
         return closed(g)
