@@ -453,7 +453,7 @@ def test_exponential_solver_linearizes_alike_with_and_without_a_closed_form_jaco
     route a user's own objective takes) steps exactly as the built-in one (`RowResidual.jacobian`)."""
     kernel, f0, y, eta = stiff_problem
     residual = cross_entropy(jnp.asarray(y)).residual
-    kw = dict(eta=eta, horizons=(7, 90), num_samples=f0.shape[0], solver="exponential")
+    kw = {"eta": eta, "horizons": (7, 90), "num_samples": f0.shape[0], "solver": "exponential"}
     closed = solve_function_space(jnp.asarray(kernel), jnp.asarray(f0), residual, **kw)
     plain = solve_function_space(jnp.asarray(kernel), jnp.asarray(f0), lambda f: residual(f), **kw)
     np.testing.assert_allclose(plain.residual_sums, closed.residual_sums, rtol=1e-9, atol=1e-12)
@@ -467,7 +467,7 @@ def test_exponential_dense_buckets_cover_every_grid_point_of_a_step():
 
     pos, step = np.meshgrid(np.arange(0, 40), np.arange(1, 33 * UNITS + 1), indexing="ij")
     got = np.asarray(grid_points_covered(jnp.asarray(pos), jnp.asarray(step)))
-    want = np.array([[sum(p <= UNITS * t < p + s for t in range(0, 60)) for s in row_s]
+    want = np.array([[sum(p <= UNITS * t < p + s for t in range(60)) for s in row_s]
                      for p, row_s in zip(pos[:, 0], step)])  # fmt: skip
     np.testing.assert_array_equal(got, want)
 
@@ -479,7 +479,8 @@ def test_exponential_solver_bucketed_dense_output_matches_full_width(stiff_probl
 
     kernel, f0, y, eta = stiff_problem
     residual = cross_entropy(jnp.asarray(y)).residual
-    kw = dict(eta=eta, horizons=tuple(range(1, 121)), num_samples=f0.shape[0], solver="exponential")
+    kw = {"eta": eta, "horizons": tuple(range(1, 121)), "num_samples": f0.shape[0],
+          "solver": "exponential"}
     bucketed = solve_function_space(jnp.asarray(kernel), jnp.asarray(f0), residual, **kw)
     monkeypatch.setattr(_exponential, "_DENSE_BUCKETS", ())
     full = solve_function_space(jnp.asarray(kernel), jnp.asarray(f0), residual, **kw)

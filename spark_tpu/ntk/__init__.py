@@ -8,9 +8,9 @@ from ._kernel import trace_kernel_materialized as trace_kernel_materialized
 from ._objective import Objective as Objective
 from ._objective import RowResidual as RowResidual
 from ._objective import classes_first as classes_first
-from ._objective import row_jacobian as row_jacobian
 from ._objective import cross_entropy as cross_entropy
 from ._objective import mse as mse
+from ._objective import row_jacobian as row_jacobian
 from ._objective import soft_label_regularized as soft_label_regularized
 from ._projection import back_project as back_project
 from ._projection import kernel_from_projection as kernel_from_projection

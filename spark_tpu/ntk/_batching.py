@@ -26,10 +26,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from jaxtyping import Array
-
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array
 
 _STRATEGIES = ("auto", "vmap", "map")
 

@@ -340,7 +340,7 @@ def solve_exponential(
         err = jnp.where(jnp.isfinite(err), err, jnp.asarray(jnp.inf, dtype))
         return g1, k5, err, (slopes, projected)
 
-    def advance_over(size: int, c: _Carry, stages, ok):
+    def advance_over(size: int, c: _Carry, stages, hit):
         """Residual sums over the grid points of [pos, pos + step), at most `size` of them."""
         first = (c.pos + UNITS - 1) // UNITS
         t = first + jnp.arange(size, dtype=jnp.int32)
@@ -349,7 +349,6 @@ def solve_exponential(
         h = c.step.astype(dtype) * h_unit
         f_t = dense(c, *stages, h, jnp.where(inside, theta, 0.0))
         res = jax.vmap(residual_t)(f_t)  # points outside the step (θ = 0) get weight 0 below
-        hit = (stops > c.pos) & (stops <= c.pos + c.step) & ok
         # Horizon τ ending in (pos, pos + step]: Σ_{t < τ} = running + the points before τ; the
         # last row sums the whole step. (Weighted sums, not a cumsum: on CPU that lowers to a
         # reduce-window quadratic in the up to 65 points, which took a third of the solve.)
@@ -371,8 +370,8 @@ def solve_exponential(
         # one would be clamped to it by lax.switch and lose points)
         covered = grid_points_covered(c.pos, c.step)
         bucket = jnp.searchsorted(jnp.asarray(sizes, jnp.int32), batch_max(covered))
-        running, sums = jax.lax.switch(bucket, branches, c, stages, ok)
         hit = (stops > c.pos) & (stops <= c.pos + c.step) & ok  # (a rejected step changes none)
+        running, sums = jax.lax.switch(bucket, branches, c, stages, hit)
 
         def snapshot():  # the flow at the horizons the step reaches (5 of all the steps)
             theta = jnp.clip((stops - c.pos).astype(dtype) / c.step.astype(dtype), 0.0, 1.0)
